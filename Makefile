@@ -1,0 +1,60 @@
+# Every target installs what it needs: a virtual environment with the pinned set from
+# requirements.lock, lnpt itself (editable), and the Fashion-MNIST files.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.lnpt-installed
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+PYTEST_ARGS ?=
+
+.PHONY: install data test test-wheel demo protos lock bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@
+
+# Fashion-MNIST: Debian's package when we are root and it is missing; else torchvision's download.
+data: install
+	@if [ ! -f $(FASHION_MNIST) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing dataset-fashion-mnist with apt"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+	$(BIN)/lnpt data prepare
+
+test: install data
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The same suite against a wheel (`pip install .`) in a separate environment.
+test-wheel: install data
+	rm -rf dist $(VENV)-wheel
+	$(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation -w dist .
+	$(PYTHON) -m venv $(VENV)-wheel
+	$(VENV)-wheel/bin/python -m pip install --quiet -r requirements.lock
+	$(VENV)-wheel/bin/python -m pip install --quiet --no-deps dist/lnpt-*.whl
+	cd tests && ../$(VENV)-wheel/bin/python -m pytest -p no:cacheprovider --rootdir=. -c ../pyproject.toml . $(PYTEST_ARGS)
+
+demo: install data
+	$(BIN)/lnpt demo
+
+protos: install
+	$(BIN)/python -m lnpt.shared.protocol.generate
+
+# Refresh the pinned set after changing the ranges in pyproject.toml.
+lock: install
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	( echo '# Exact dependency set for `make` (pip install -r requirements.lock). Refresh with `make lock`.'; \
+	  $(BIN)/python -m pip freeze --all --exclude-editable | grep -vE '^(lnpt|pip)[= ]' ) > requirements.lock
+
+bench: install data
+	$(BIN)/lnpt bench serve
+	$(BIN)/lnpt bench prune
+	$(BIN)/lnpt bench train
+	$(BIN)/lnpt bench export
+
+clean:
+	rm -rf $(VENV) $(VENV)-wheel dist build *.egg-info .pytest_cache

@@ -1,0 +1,140 @@
+"""Model files and atomic writes.
+
+A model file (teacher or student) is a `torch.save`d dict loaded with `weights_only=True`, so a
+file from elsewhere cannot run code. It holds the architecture and everything needed to rebuild
+and serve the model: input spec, class names, state dict and a content-derived version id.
+`extra` carries side-specific data (a student's masks, teacher version, pruned structure, ...).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from lnpt.shared.errors import LnptError
+from lnpt.shared.zoo import InputSpec, ZooNet, build_model
+
+FORMAT = "lnpt-model"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(LnptError, RuntimeError):
+    """A model file is missing, corrupt, or not what the caller needs."""
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], Any]) -> Path:
+    """Write a file via a temporary sibling + fsync + rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def state_version(state_dict: dict[str, torch.Tensor]) -> str:
+    """A short content hash of the weights: equal weights give equal versions on any machine."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().to("cpu").contiguous()
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class ModelFile:
+    """The parsed contents of a model file."""
+
+    kind: str  # "teacher" or "student"
+    arch: str
+    num_classes: int
+    input_spec: InputSpec
+    class_names: list[str]
+    state_dict: dict[str, torch.Tensor]
+    version: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def build(self, load_weights: bool = True) -> ZooNet:
+        """Rebuild the zoo model and load the weights (strict: every key must match)."""
+        model = build_model(self.arch, self.num_classes, self.input_spec)
+        if load_weights:
+            try:
+                model.load_state_dict(self.state_dict)
+            except RuntimeError as exc:
+                raise CheckpointError(f"weights do not fit architecture {self.arch!r}: {exc}") from exc
+        return model
+
+
+def save_model(
+    path: str | os.PathLike,
+    model: ZooNet,
+    *,
+    kind: str,
+    input_spec: InputSpec,
+    class_names: list[str],
+    extra: dict[str, Any] | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> ModelFile:
+    """Save `model` atomically; returns what was written (including its version id)."""
+    state = {k: v.detach().to("cpu").clone() for k, v in (state_dict or model.state_dict()).items()}
+    record = ModelFile(kind, model.arch, model.num_classes, input_spec, list(class_names), state,
+                       state_version(state), dict(extra or {}))
+    atomic_save(
+        {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "kind": record.kind,
+            "arch": record.arch, "num_classes": record.num_classes,
+            "input_spec": input_spec.to_dict(), "class_names": record.class_names,
+            "state_dict": state, "version": record.version, "extra": record.extra,
+        },
+        path,
+    )
+    return record
+
+
+def load_model(path: str | os.PathLike, kind: str | None = None) -> ModelFile:
+    """Read and validate a model file; `kind` ("teacher"/"student") is checked when given."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for garbage input
+        raise CheckpointError(f"{path}: not a readable lnpt model file ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an lnpt model file (missing format marker {FORMAT!r})")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format version {raw.get('format_version')} is not supported "
+                              f"(this lnpt reads version {FORMAT_VERSION})")
+    try:
+        record = ModelFile(
+            kind=str(raw["kind"]), arch=str(raw["arch"]), num_classes=int(raw["num_classes"]),
+            input_spec=InputSpec.from_dict(raw["input_spec"]), class_names=list(raw["class_names"]),
+            state_dict=dict(raw["state_dict"]), version=str(raw["version"]), extra=dict(raw.get("extra", {})),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: incomplete or invalid model file ({exc})") from exc
+    if kind is not None and record.kind != kind:
+        raise CheckpointError(f"{path}: is a {record.kind} model file, expected a {kind}")
+    if state_version(record.state_dict) != record.version:
+        raise CheckpointError(f"{path}: weights do not match their recorded version {record.version} (corrupt?)")
+    return record

@@ -1,0 +1,119 @@
+"""The `lnpt` command: one entry point; each side adds its own subcommands.
+
+Command groups are found by module name so that this module imports neither side: a module in
+COMMAND_MODULES defines `register(subparsers)` and keeps heavy imports inside its handlers, so
+`lnpt --help` stays fast and an edge install without the cloud extras still works.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from typing import Any, Sequence
+
+from lnpt.shared import __version__
+from lnpt.shared.errors import LnptError
+
+COMMAND_MODULES = ("lnpt.cloud.cli", "lnpt.edge.cli", "lnpt.benchmarks.cli")
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """`--config FILE` and repeatable `--set section.key=value`, shared by every command."""
+    parser.add_argument("--config", metavar="FILE", help="TOML config file (see docs/CONFIG.md)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one config value, e.g. --set prune.sparsity=0.95 (repeatable)")
+
+
+def add_format_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=("text", "json"), default="text",
+                        help="text for people (default) or one JSON object on stdout for machines")
+
+
+def config_from_args(args: argparse.Namespace, extra_overrides: Sequence[str] = ()):
+    """The validated Config for a command: file, then --set, then flags the command maps to keys."""
+    from lnpt.shared.config import load_config
+
+    return load_config(getattr(args, "config", None), [*getattr(args, "overrides", []), *extra_overrides])
+
+
+def emit(args: argparse.Namespace, result: dict[str, Any], text: str) -> None:
+    """Print `text` for people, or `result` as one JSON object with --format json."""
+    if getattr(args, "format", "text") == "json":
+        print(json.dumps(result, default=str))
+    else:
+        print(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lnpt",
+        description="Label-free network pruning and training: a cloud teacher guides edge devices "
+                    "that prune, train and export small networks on unlabeled data.",
+    )
+    parser.add_argument("--version", action="version", version=f"lnpt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    register_data(sub)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:  # e.g. an edge install without the cloud extras
+            sub.add_parser(name.split(".")[1], help=f"(unavailable: {exc})")
+            continue
+        module.register(sub)
+    return parser
+
+
+def register_data(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="prepare Fashion-MNIST or write it as an image folder")
+    actions = data.add_subparsers(dest="action", metavar="ACTION", required=True)
+    prepare = actions.add_parser("prepare", help="make Fashion-MNIST available from local files")
+    prepare.add_argument("--root", help="cache folder (default: $LNPT_DATA or ~/.cache/lnpt)")
+    prepare.set_defaults(handler=run_data_prepare)
+    folder = actions.add_parser("write-folder", help="write Fashion-MNIST images as PNG files")
+    folder.add_argument("--split", choices=("train", "test"), default="train")
+    folder.add_argument("--out", required=True, help="folder to write")
+    folder.add_argument("--limit", type=int, default=0, help="first N images only (0 = all)")
+    folder.add_argument("--class-folders", action="store_true",
+                        help="one sub-folder per class (training still never reads them)")
+    folder.add_argument("--root", help="Fashion-MNIST cache folder")
+    folder.set_defaults(handler=run_data_write_folder)
+
+
+def run_data_prepare(args: argparse.Namespace) -> int:
+    from lnpt.shared.data import prepare_fashion_mnist
+
+    print(f"Fashion-MNIST ready in {prepare_fashion_mnist(args.root)}")
+    return 0
+
+
+def run_data_write_folder(args: argparse.Namespace) -> int:
+    from lnpt.shared.data import FASHION_MNIST_CLASSES, load_fashion_mnist, write_image_folder
+
+    images, labels = load_fashion_mnist(args.split == "train", args.root)
+    if args.limit:
+        images, labels = images[: args.limit], labels[: args.limit]
+    labels_arg = labels.tolist() if args.class_folders else None
+    write_image_folder(images, args.out, labels_arg, FASHION_MNIST_CLASSES)
+    print(f"wrote {len(images)} images to {args.out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        return int(args.handler(args) or 0)
+    except LnptError as exc:
+        print(f"lnpt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lnpt {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""One TOML configuration format for cloud and edge, with `--set section.key=value` overrides.
+
+Every section is a dataclass below; its field defaults are the documented defaults. Loading checks
+every key and value against these declarations and fails at start with the key, the value and what
+was expected. Each side reads the sections it needs from the same file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lnpt.shared.errors import LnptError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(LnptError, ValueError):
+    """A config file or override is invalid; the message names the key and the problem."""
+
+
+def choice(*options: str) -> dict:
+    """Field metadata restricting a string to a fixed set of values."""
+    return {"choices": options}
+
+
+def at_least(low: float) -> dict:
+    return {"min": low}
+
+
+def between(low: float, high: float) -> dict:
+    return {"min": low, "max": high}
+
+
+# --- sections ----------------------------------------------------------------------------------
+
+@dataclass
+class ServerConfig:
+    """[server] the cloud guidance server (`lnpt serve`)."""
+    host: str = "127.0.0.1"
+    port: int = field(default=50051, metadata=between(0, 65535))
+    metrics_port: int = field(default=9464, metadata=between(0, 65535))  # 0 disables /metrics
+    insecure: bool = False
+    cert: str = ""  # PEM server certificate (TLS is on unless insecure)
+    key: str = ""  # PEM private key of cert
+    client_ca: str = ""  # PEM CA: when set, clients must present a certificate it signed (mTLS)
+    tokens_file: str = ""  # one bearer token per line; when set, every call needs one of them
+    max_message_bytes: int = field(default=64 * 1024 * 1024, metadata=at_least(1024))
+    max_streams: int = field(default=256, metadata=at_least(1))
+    grace_seconds: float = field(default=10.0, metadata=at_least(0))
+    stream_idle_seconds: float = field(default=300.0, metadata=at_least(0))  # 0: never cut idle streams
+    log_format: str = field(default="text", metadata=choice("text", "json"))
+
+
+@dataclass
+class BatcherConfig:
+    """[batcher] dynamic batching of requests from all streams into teacher forwards."""
+    max_batch_size: int = field(default=256, metadata=at_least(1))  # samples per teacher forward
+    max_request_batch: int = field(default=256, metadata=at_least(1))  # samples one request may carry
+    max_queue_delay_ms: float = field(default=5.0, metadata=at_least(0))
+    max_queue_requests: int = field(default=128, metadata=at_least(1))  # beyond: RESOURCE_EXHAUSTED
+    device: str = "cpu"
+    threads: int = field(default=0, metadata=at_least(0))  # torch threads for the teacher; 0 = torch default
+
+
+@dataclass
+class TeacherConfig:
+    """[teacher] supervised training of the mature teacher (`lnpt teacher train`)."""
+    model: str = "resnet20"
+    dataset: str = field(default="fashion-mnist", metadata=choice("fashion-mnist"))
+    epochs: int = field(default=10, metadata=at_least(1))
+    batch_size: int = field(default=128, metadata=at_least(1))
+    lr: float = field(default=0.1, metadata=at_least(0))
+    momentum: float = field(default=0.9, metadata=between(0, 1))
+    weight_decay: float = field(default=5e-4, metadata=at_least(0))
+    train_samples: int = field(default=0, metadata=at_least(0))  # 0 = all
+    seed: int = 0
+
+
+@dataclass
+class ClientConfig:
+    """[client] how an edge device reaches the guidance server."""
+    addresses: list[str] = field(default_factory=lambda: ["127.0.0.1:50051"])
+    insecure: bool = False
+    ca_cert: str = ""  # PEM CA that signed the server certificate; empty = system roots
+    client_cert: str = ""  # PEM certificate for mutual TLS
+    client_key: str = ""
+    token_file: str = ""  # file with the bearer token (never put the token itself in a config)
+    server_name: str = ""  # TLS name override (e.g. when connecting by IP)
+    image_wire: str = field(default="uint8", metadata=choice("uint8", "float32"))
+    target_wire: str = field(default="float16", metadata=choice("float16", "float32"))
+    prefetch: int = field(default=4, metadata=at_least(1))  # batches in flight ahead of training
+    max_attempts: int = field(default=8, metadata=at_least(1))  # reconnect attempts before giving up
+    max_wait_seconds: float = field(default=120.0, metadata=at_least(0))  # total backoff budget
+    backoff_base_seconds: float = field(default=0.2, metadata=at_least(0))
+    backoff_max_seconds: float = field(default=10.0, metadata=at_least(0))
+    max_message_bytes: int = field(default=64 * 1024 * 1024, metadata=at_least(1024))
+
+
+@dataclass
+class ObjectiveConfig:
+    """[objective] the label-free learning-gap objective (method.md)."""
+    gap: str = field(default="mse", metadata=choice("mse", "cosine", "normalized"))
+    lambda_kd: float = field(default=1.0, metadata=at_least(0))
+    temperature: float = field(default=4.0, metadata=at_least(1e-3))
+
+
+@dataclass
+class PruneConfig:
+    """[prune] pruning before training (`lnpt prune`)."""
+    score: str = field(default="lnpt", metadata=choice("lnpt", "snip", "grasp", "synflow", "magnitude", "random"))
+    sparsity: float = field(default=0.9, metadata=between(0, 0.9999))
+    scope: str = field(default="global", metadata=choice("global", "local"))
+    samples: int = field(default=0, metadata=at_least(0))  # 0 = 10 x number of classes
+    batch_size: int = field(default=64, metadata=at_least(1))
+    min_layer_density: float = field(default=0.01, metadata=between(0, 1))  # floor of kept weights per layer
+    keep_classifier_dense: bool = False
+    synflow_rounds: int = field(default=100, metadata=at_least(1))
+    synflow_float64: bool = False
+    structured: float = field(default=0.0, metadata=between(0, 0.95))  # channel ratio removed; 0 = off
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """[train] label-free guided training on the device (`lnpt train`)."""
+    epochs: int = field(default=5, metadata=at_least(1))
+    batch_size: int = field(default=64, metadata=at_least(1))
+    optimizer: str = field(default="sgd", metadata=choice("sgd", "adam"))
+    lr: float = field(default=0.05, metadata=at_least(0))
+    momentum: float = field(default=0.9, metadata=between(0, 1))
+    weight_decay: float = field(default=5e-4, metadata=at_least(0))
+    schedule: str = field(default="cosine", metadata=choice("cosine", "constant"))
+    augment: bool = True
+    checkpoint_every: int = field(default=200, metadata=at_least(0))  # steps; 0 = only per epoch
+    target_cache: str = ""  # folder for cached targets of un-augmented samples; empty = off
+    max_steps: int = field(default=0, metadata=at_least(0))  # 0 = no limit (for quick runs)
+    seed: int = 0
+    threads: int = field(default=0, metadata=at_least(0))  # torch threads; 0 = torch default
+
+
+@dataclass
+class ExportConfig:
+    """[export] ONNX export (`lnpt export`)."""
+    opset: int = field(default=18, metadata=between(13, 23))
+    format: str = field(default="dense", metadata=choice("dense", "sparse"))
+    quantize: str = field(default="none", metadata=choice("none", "int8", "int8-static"))
+    tolerance: float = field(default=1e-4, metadata=at_least(0))
+    logits_only: bool = False
+
+
+@dataclass
+class DataConfig:
+    """[data] where images come from and how they are shaped for the model."""
+    root: str = ""  # cache folder for Fashion-MNIST; empty = $LNPT_DATA or ~/.cache/lnpt
+    channels: int = field(default=1, metadata=choice(1, 3))  # type: ignore[arg-type]
+    size: int = field(default=28, metadata=between(8, 512))
+
+
+@dataclass
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    batcher: BatcherConfig = field(default_factory=BatcherConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+# --- loading and validation --------------------------------------------------------------------
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Read a TOML file (optional), apply `section.key=value` overrides, validate everything."""
+    raw: dict[str, Any] = {}
+    source = "--set"
+    if path:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    for item in overrides:
+        section, key, value = parse_override(item)
+        raw.setdefault(section, {})[key] = value
+    return build_config(raw, source)
+
+
+def parse_override(item: str) -> tuple[str, str, Any]:
+    """`section.key=value`; the value is read as TOML (`0.9`, `true`, `["a", "b"]`) or else a string."""
+    name, sep, text = item.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not sep or not dot or not section or not key:
+        raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. prune.sparsity=0.95")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    return section, key, value
+
+
+def build_config(raw: dict[str, Any], source: str = "config") -> Config:
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    built = {}
+    for name, values in raw.items():
+        if name not in sections:
+            raise ConfigError(f"{source}: unknown section [{name}]; known sections: {', '.join(sections)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: [{name}] must be a table of keys, got {values!r}")
+        built[name] = build_section(typing.get_type_hints(Config)[name], values, name, source)
+    return Config(**built)
+
+
+def build_section(cls: type, values: dict[str, Any], section: str, source: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        where = f"{source}: {section}.{key}"
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown key; [{section}] accepts: {', '.join(fields)}")
+        kwargs[key] = check_value(where, value, hints[key], fields[key].metadata)
+    return cls(**kwargs)
+
+
+def check_value(where: str, value: Any, expected: Any, meta: typing.Mapping) -> Any:
+    origin = typing.get_origin(expected)
+    if origin is list:
+        (item_type,) = typing.get_args(expected)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, item_type) for v in value):
+            raise ConfigError(f"{where} = {value!r}: expected a list of {item_type.__name__}")
+        return value
+    if expected is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} = {value!r}: expected true or false")
+    elif expected is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} = {value!r}: expected an integer")
+    elif expected is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} = {value!r}: expected a number")
+        value = float(value)
+    elif expected is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} = {value!r}: expected a string")
+    if "choices" in meta and value not in meta["choices"]:
+        options = ", ".join(repr(c) for c in meta["choices"])
+        raise ConfigError(f"{where} = {value!r}: expected one of {options}")
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(f"{where} = {value!r}: must be at least {meta['min']}")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(f"{where} = {value!r}: must be at most {meta['max']}")
+    return value

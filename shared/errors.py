@@ -1,0 +1,5 @@
+"""The base of every error a user can fix; the CLI prints these as one line and exits with 2."""
+
+
+class LnptError(Exception):
+    """A problem with input, configuration, files or peers that the message explains."""

@@ -1,0 +1,43 @@
+import pytest
+
+from lnpt.shared.config import ConfigError, load_config
+
+
+def test_defaults_file_and_overrides(tmp_path):
+    path = tmp_path / "lnpt.toml"
+    path.write_text('[prune]\nsparsity = 0.95\nscore = "snip"\n[client]\naddresses = ["a:1", "b:2"]\n')
+    config = load_config(path, ["prune.sparsity=0.98", "train.epochs=3", "client.insecure=true"])
+    assert config.prune.sparsity == 0.98 and config.prune.score == "snip"
+    assert config.train.epochs == 3 and config.client.insecure is True
+    assert config.client.addresses == ["a:1", "b:2"]
+    assert config.server.port == 50051  # untouched default
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[prune]\nsparsity = 1.5\n", "prune.sparsity = 1.5: must be at most 0.9999"),
+        ('[prune]\nscore = "best"\n', "prune.score = 'best': expected one of 'lnpt', 'snip'"),
+        ("[prune]\nspars = 0.9\n", "prune.spars: unknown key; [prune] accepts: score, sparsity"),
+        ("[pruning]\nsparsity = 0.9\n", "unknown section [pruning]"),
+        ('[train]\nepochs = "ten"\n', "train.epochs = 'ten': expected an integer"),
+        ("[train]\naugment = 1\n", "train.augment = 1: expected true or false"),
+        ("[client]\naddresses = [1, 2]\n", "client.addresses = [1, 2]: expected a list of str"),
+        ("[prune\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_names_key_value_and_expectation(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert message in str(info.value) and str(path) in str(info.value)
+
+
+def test_bad_override_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        load_config(None, ["sparsity=0.9"])
+    with pytest.raises(ConfigError, match="--set: server.port = 70000: must be at most 65535"):
+        load_config(None, ["server.port=70000"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
