@@ -1,8 +1,26 @@
-"""Subcommands of `lnpt` provided by lnpt.benchmarks (none yet)."""
+"""`lnpt bench ...`, `lnpt demo` and `lnpt analyze ...`: benchmarks and evaluation runs.
+
+This package is the one place allowed to import both lnpt.cloud and lnpt.edge. Each benchmark is
+a module with `register(actions)` adding its `lnpt bench NAME` parser.
+"""
 from __future__ import annotations
 
 import argparse
 
+from lnpt.shared.cli import optional_module
+
+BENCH_MODULES = ("lnpt.benchmarks.serve", "lnpt.benchmarks.prune", "lnpt.benchmarks.train",
+                 "lnpt.benchmarks.export", "lnpt.benchmarks.reliability")
+COMMAND_MODULES = ("lnpt.benchmarks.demo", "lnpt.benchmarks.analyze")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this package's subcommands to the `lnpt` parser."""
+    bench = sub.add_parser("bench", help="benchmarks that report side-by-side ratios (not tests)")
+    actions = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    for name in BENCH_MODULES:
+        if (module := optional_module(name)) is not None:
+            module.register(actions)
+    for name in COMMAND_MODULES:
+        if (module := optional_module(name)) is not None:
+            module.register(sub)
+

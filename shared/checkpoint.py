@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch import nn
 
 from lnpt.shared.errors import LnptError
 from lnpt.shared.zoo import InputSpec, ZooNet, build_model
@@ -75,8 +76,14 @@ class ModelFile:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def build(self, load_weights: bool = True) -> ZooNet:
-        """Rebuild the zoo model and load the weights (strict: every key must match)."""
+        """Rebuild the zoo model and load the weights (strict: every key must match).
+
+        A channel-pruned model (`extra["structured"]`) is rebuilt at full width and then narrowed
+        to the shapes stored in its state dict.
+        """
         model = build_model(self.arch, self.num_classes, self.input_spec)
+        if self.extra.get("structured"):
+            narrow_to_state_dict(model, self.state_dict)
         if load_weights:
             try:
                 model.load_state_dict(self.state_dict)
@@ -138,3 +145,33 @@ def load_model(path: str | os.PathLike, kind: str | None = None) -> ModelFile:
     if state_version(record.state_dict) != record.version:
         raise CheckpointError(f"{path}: weights do not match their recorded version {record.version} (corrupt?)")
     return record
+
+
+def narrow_to_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Resize Conv2d, Linear and BatchNorm2d modules in place to the shapes in `state_dict`.
+
+    Channel pruning (Torch-Pruning) changes only these widths, so the pruned architecture is fully
+    described by the weight shapes; no pickled module objects are needed to rebuild it.
+    """
+    for name, module in model.named_modules():
+        weight = state_dict.get(f"{name}.weight" if name else "weight")
+        if weight is None:
+            continue
+        if isinstance(module, nn.Conv2d):
+            depthwise = module.groups > 1 and module.groups == module.in_channels
+            module.out_channels = weight.shape[0]
+            module.groups = weight.shape[0] if depthwise else module.groups
+            module.in_channels = weight.shape[1] * module.groups
+        elif isinstance(module, nn.Linear):
+            module.out_features, module.in_features = weight.shape
+        elif isinstance(module, nn.BatchNorm2d):
+            module.num_features = weight.shape[0]
+        else:
+            continue
+        for pname, param in list(module.named_parameters(recurse=False)):
+            shape = state_dict[f"{name}.{pname}"].shape
+            setattr(module, pname, nn.Parameter(torch.empty(shape, dtype=param.dtype)))
+        for bname, buf in list(module.named_buffers(recurse=False)):
+            key = f"{name}.{bname}"
+            if buf is not None and key in state_dict and buf.dim() > 0:
+                module.register_buffer(bname, torch.empty(state_dict[key].shape, dtype=buf.dtype))

@@ -1,0 +1,94 @@
+"""The student: a zoo model with fixed pruning masks, saved and loaded as a model file.
+
+Masks live on the modules through `torch.nn.utils.prune` (weight = weight_orig * weight_mask), so
+pruned weights stay exactly zero through any optimizer step. On disk a student keeps plain weights
+(zeros included) plus the boolean masks, so loading re-applies the same masks.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from lnpt.shared.checkpoint import CheckpointError, ModelFile, load_model, save_model
+from lnpt.shared.zoo import InputSpec, ZooNet
+
+PRUNABLE = (nn.Conv2d, nn.Linear)
+
+
+def prunable_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Every Conv2d and Linear by qualified name: their weights are what pruning removes."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE)}
+
+
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Attach fixed masks with `prune.custom_from_mask` (replacing any existing ones)."""
+    modules = prunable_modules(model)
+    unknown = set(masks) - set(modules)
+    if unknown:
+        raise CheckpointError(f"masks name layers the model does not have: {sorted(unknown)[:5]}")
+    for name, mask in masks.items():
+        module = modules[name]
+        if prune.is_pruned(module) and hasattr(module, "weight_mask"):
+            prune.remove(module, "weight")
+        if mask.shape != module.weight.shape:
+            raise CheckpointError(f"mask for {name} has shape {tuple(mask.shape)}, "
+                                  f"weight has {tuple(module.weight.shape)}")
+        prune.custom_from_mask(module, "weight", mask.to(module.weight.device, torch.bool))
+
+
+def current_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: m.weight_mask.detach().to("cpu", torch.bool).clone()
+            for name, m in prunable_modules(model).items() if hasattr(m, "weight_mask")}
+
+
+def make_permanent(model: nn.Module) -> nn.Module:
+    """`prune.remove` on every masked layer: plain `weight` parameters with the zeros baked in."""
+    for module in prunable_modules(model).values():
+        if hasattr(module, "weight_mask"):
+            prune.remove(module, "weight")
+    return model
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict as if masks were permanent (weight = weight_orig * mask), without touching model."""
+    state = {}
+    for key, value in model.state_dict().items():
+        if key.endswith("weight_mask"):
+            continue
+        if key.endswith("weight_orig"):
+            prefix = key[: -len("weight_orig")]
+            key, value = prefix + "weight", value * model.state_dict()[prefix + "weight_mask"]
+        state[key] = value
+    return state
+
+
+def sparsity(model: nn.Module) -> float:
+    """Fraction of zero weights over all prunable weights (masked or permanently zero)."""
+    total = zeros = 0
+    for module in prunable_modules(model).values():
+        total += module.weight.numel()
+        zeros += int((module.weight == 0).sum())
+    return zeros / max(total, 1)
+
+
+def save_student(path: str | os.PathLike, model: ZooNet, *, input_spec: InputSpec, class_names: list[str],
+                 teacher_version: str = "", structured: bool = False, extra: dict[str, Any] | None = None) -> ModelFile:
+    """Save a (possibly masked, possibly channel-pruned) student atomically."""
+    info = {"teacher_version": teacher_version, "masks": current_masks(model), "structured": structured,
+            **(extra or {})}
+    return save_model(path, model, kind="student", input_spec=input_spec, class_names=class_names,
+                      extra=info, state_dict=plain_state_dict(model))
+
+
+def load_student(path: str | os.PathLike) -> tuple[ZooNet, ModelFile]:
+    """Load a student file and re-apply its masks; refuses teacher files and corrupt files."""
+    record = load_model(path, kind="student")
+    model = record.build()
+    masks = record.extra.get("masks") or {}
+    if masks:
+        apply_masks(model, masks)
+    return model, record

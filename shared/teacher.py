@@ -1,0 +1,52 @@
+"""The teacher's forward pass: uint8 or float images in, penultimate features and logits out.
+
+The cloud server serves exactly this; offline experiments and tests call it directly, so the
+targets a client gets over gRPC and the ones computed locally come from one code path.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from lnpt.shared.checkpoint import ModelFile, load_model
+from lnpt.shared.data import normalize
+
+
+class Teacher:
+    """A loaded teacher model file, in eval mode, answering `targets(images)`."""
+
+    def __init__(self, record: ModelFile, device: str = "cpu"):
+        self.record = record
+        self.device = torch.device(device)
+        self.model = record.build().eval().to(self.device)
+        self.input_spec = record.input_spec
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "cpu") -> "Teacher":
+        return cls(load_model(path, kind="teacher"), device)
+
+    @property
+    def version(self) -> str:
+        return self.record.version
+
+    @property
+    def arch(self) -> str:
+        return self.record.arch
+
+    @property
+    def feature_dim(self) -> int:
+        return self.model.feature_dim
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.num_classes
+
+    @torch.inference_mode()
+    def targets(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, logits) as float32 on CPU. uint8 images are normalised with the teacher's
+        own mean/std; float images are taken as already normalised model input."""
+        images = images.to(self.device)
+        x = normalize(images, self.input_spec) if images.dtype == torch.uint8 else images.float()
+        features, logits = self.model.features_and_logits(x)
+        return features.float().cpu(), logits.float().cpu()
