@@ -1,8 +1,125 @@
-"""Subcommands of `lnpt` provided by lnpt.cloud (none yet)."""
+"""Subcommands of `lnpt` provided by lnpt.cloud: `serve` and `teacher train|eval`.
+
+Heavy imports (torch, grpc) stay inside the handlers so `lnpt --help` stays fast.
+"""
 from __future__ import annotations
 
 import argparse
+import json
+
+from lnpt.shared.cli import add_config_options, add_format_option, config_from_args, emit
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this package's subcommands to the `lnpt` parser."""
+    register_serve(sub)
+    register_teacher(sub)
+
+
+def register_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve", help="serve a teacher's feature and logit targets over gRPC",
+        description="Start the guidance server: lnpt.v1.Guidance (GetTeacherInfo, StreamTargets), "
+                    "grpc.health.v1 and server reflection on --port, Prometheus /metrics on "
+                    "server.metrics_port. TLS is on unless --insecure. SIGTERM/SIGINT drain the server "
+                    "(health NOT_SERVING, in-flight batches finish) within server.grace_seconds.")
+    p.add_argument("--checkpoint", required=True, metavar="T.pt", help="teacher model file (lnpt teacher train)")
+    p.add_argument("--host", help="address to listen on (server.host, default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", type=int, help="gRPC port (server.port, default 50051; 0 = any free port)")
+    p.add_argument("--metrics-port", type=int,
+                   help="Prometheus port (server.metrics_port, default 9464; 0 = any free port, -1 = off)")
+    p.add_argument("--insecure", action="store_true", help="plaintext gRPC without TLS (local use only)")
+    p.add_argument("--cert", help="PEM server certificate (server.cert)")
+    p.add_argument("--key", help="PEM private key of --cert (server.key)")
+    p.add_argument("--client-ca", help="PEM CA; clients must present a certificate it signed (mutual TLS)")
+    p.add_argument("--tokens-file", help="file with one bearer token per line; every call then needs one")
+    p.add_argument("--log-format", choices=("text", "json"), help="server.log_format: text or JSON lines")
+    add_config_options(p)
+    p.set_defaults(handler=run_serve)
+
+
+def serve_overrides(args: argparse.Namespace) -> list[str]:
+    """Map flags to config keys so flags, --set and the file go through one validation."""
+    flags = {"host": "server.host", "port": "server.port", "metrics_port": "server.metrics_port",
+             "cert": "server.cert", "key": "server.key", "client_ca": "server.client_ca",
+             "tokens_file": "server.tokens_file", "log_format": "server.log_format"}
+    out = []
+    for attr, key in flags.items():
+        value = getattr(args, attr)
+        if value is not None:
+            out.append(f"{key}={toml_value(value)}")
+    if args.insecure:
+        out.append("server.insecure=true")
+    return out
+
+
+def toml_value(value) -> str:
+    """A flag value as a TOML literal for `section.key=value` (JSON strings are valid TOML strings)."""
+    return json.dumps(value) if isinstance(value, str) else str(value)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    config = config_from_args(args, serve_overrides(args))
+    from lnpt.cloud.logs import setup_logging
+    from lnpt.cloud.server import serve
+
+    setup_logging(config.server.log_format)
+    serve(config, args.checkpoint)
+    return 0
+
+
+def register_teacher(sub: argparse._SubParsersAction) -> None:
+    teacher = sub.add_parser("teacher", help="train or evaluate the mature teacher (with labels, in the cloud)")
+    actions = teacher.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    train = actions.add_parser(
+        "train", help="train a teacher on Fashion-MNIST with labels",
+        description="Supervised SGD with momentum and a cosine schedule. Also runs under "
+                    "`torchrun --nproc_per_node=N lnpt teacher train ...` (DistributedDataParallel; "
+                    "gloo on CPU, nccl on GPU). Writes a teacher model file atomically.")
+    train.add_argument("--model", help="zoo architecture (teacher.model), e.g. lenet5, resnet20, resnet18")
+    train.add_argument("--epochs", type=int, help="teacher.epochs")
+    train.add_argument("--batch-size", type=int, help="teacher.batch_size (per process)")
+    train.add_argument("--lr", type=float, help="teacher.lr (peak learning rate)")
+    train.add_argument("--out", required=True, metavar="T.pt", help="teacher model file to write")
+    train.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    train.add_argument("--root", help="Fashion-MNIST cache folder (data.root)")
+    add_config_options(train)
+    add_format_option(train)
+    train.set_defaults(handler=run_teacher_train)
+
+    evaluate = actions.add_parser("eval", help="test accuracy of a teacher on the Fashion-MNIST test set")
+    evaluate.add_argument("--checkpoint", required=True, metavar="T.pt", help="teacher model file")
+    evaluate.add_argument("--batch-size", type=int, default=512, help="evaluation batch size")
+    evaluate.add_argument("--limit", type=int, default=0, help="first N test images only (0 = all)")
+    evaluate.add_argument("--root", help="Fashion-MNIST cache folder (data.root)")
+    add_format_option(evaluate)
+    evaluate.set_defaults(handler=run_teacher_eval)
+
+
+def run_teacher_train(args: argparse.Namespace) -> int:
+    flags = {"model": "teacher.model", "epochs": "teacher.epochs", "batch_size": "teacher.batch_size",
+             "lr": "teacher.lr", "root": "data.root"}
+    overrides = []
+    for attr, key in flags.items():
+        value = getattr(args, attr)
+        if value is not None:
+            overrides.append(f"{key}={toml_value(value)}")
+    config = config_from_args(args, overrides)
+    from lnpt.cloud.teacher_train import train_teacher
+
+    result = train_teacher(config, args.out, device=args.device, json_lines=args.format == "json")
+    if result is None:  # a non-zero rank under torchrun: rank 0 reports
+        return 0
+    emit(args, result, f"wrote {result['path']}: {result['arch']} version {result['version']}, "
+                       f"test accuracy {result['test_accuracy']:.4f} after {result['epochs']} epochs")
+    return 0
+
+
+def run_teacher_eval(args: argparse.Namespace) -> int:
+    from lnpt.cloud.teacher_train import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.checkpoint, batch_size=args.batch_size, limit=args.limit, root=args.root)
+    emit(args, result, f"{result['arch']} version {result['version']}: test accuracy "
+                       f"{result['test_accuracy']:.4f} on {result['samples']} images")
+    return 0

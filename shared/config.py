@@ -45,7 +45,7 @@ class ServerConfig:
     """[server] the cloud guidance server (`lnpt serve`)."""
     host: str = "127.0.0.1"
     port: int = field(default=50051, metadata=between(0, 65535))
-    metrics_port: int = field(default=9464, metadata=between(0, 65535))  # 0 disables /metrics
+    metrics_port: int = field(default=9464, metadata=between(-1, 65535))  # -1 disables /metrics; 0 = any free port
     insecure: bool = False
     cert: str = ""  # PEM server certificate (TLS is on unless insecure)
     key: str = ""  # PEM private key of cert
@@ -53,6 +53,7 @@ class ServerConfig:
     tokens_file: str = ""  # one bearer token per line; when set, every call needs one of them
     max_message_bytes: int = field(default=64 * 1024 * 1024, metadata=at_least(1024))
     max_streams: int = field(default=256, metadata=at_least(1))
+    stream_window: int = field(default=16, metadata=at_least(1))  # requests in flight per stream; beyond, reading waits
     grace_seconds: float = field(default=10.0, metadata=at_least(0))
     stream_idle_seconds: float = field(default=300.0, metadata=at_least(0))  # 0: never cut idle streams
     log_format: str = field(default="text", metadata=choice("text", "json"))
@@ -115,6 +116,8 @@ class ObjectiveConfig:
 class PruneConfig:
     """[prune] pruning before training (`lnpt prune`)."""
     score: str = field(default="lnpt", metadata=choice("lnpt", "snip", "grasp", "synflow", "magnitude", "random"))
+    # auto: the learning gap (LG + lambda_kd * KD) for lnpt, cross-entropy on labels for snip/grasp
+    objective: str = field(default="auto", metadata=choice("auto", "learning-gap", "cross-entropy"))
     sparsity: float = field(default=0.9, metadata=between(0, 0.9999))
     scope: str = field(default="global", metadata=choice("global", "local"))
     samples: int = field(default=0, metadata=at_least(0))  # 0 = 10 x number of classes

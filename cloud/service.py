@@ -1,0 +1,225 @@
+"""The `lnpt.v1.Guidance` service: request validation and the per-stream read/answer loop.
+
+Each StreamTargets call has a reader task (validate, queue into the shared batcher) and the handler
+itself, which answers requests strictly in arrival order. A malformed request ends only its own
+stream: the answers for the requests before it are sent first, then the status with a message a
+person can act on. While the server drains, streams finish what they accepted and end UNAVAILABLE.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import grpc
+import torch
+from google.protobuf import unknown_fields
+
+from lnpt.cloud.batcher import BatcherStopped, DynamicBatcher, QueueFull
+from lnpt.shared.codec import CodecError, decode, dtype_name, encode
+from lnpt.shared.config import Config
+from lnpt.shared.protocol import guidance_pb2 as pb
+from lnpt.shared.protocol import guidance_pb2_grpc
+from lnpt.shared.teacher import Teacher
+
+log = logging.getLogger("lnpt.cloud.service")
+
+PROTOCOL_VERSION = "lnpt.v1"
+INPUT_DTYPES = (pb.DTYPE_UINT8, pb.DTYPE_FLOAT16, pb.DTYPE_FLOAT32)
+TARGET_DTYPES = {pb.DTYPE_FLOAT32: torch.float32, pb.DTYPE_FLOAT16: torch.float16}
+END = object()  # the client closed its side of the stream
+
+
+class RequestError(Exception):
+    """Ends one stream with `code` and a message for the person who sent the request."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def invalid(message: str) -> RequestError:
+    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+@dataclass
+class Accepted:
+    request_id: int
+    target_dtype: torch.dtype
+    future: asyncio.Future  # -> (features, logits)
+
+
+def reject_unknown_fields(message, name: str) -> None:
+    """A peer built against a newer .proto would be silently misunderstood; say so instead."""
+    numbers = sorted({f.field_number for f in unknown_fields.UnknownFieldSet(message)})
+    if numbers:
+        raise invalid(f"{name} carries unknown field number(s) {numbers}; this server speaks "
+                      f"{PROTOCOL_VERSION} — upgrade the server or drop those fields")
+
+
+def parse_request(request: pb.TargetsRequest, teacher: Teacher, max_request_batch: int) -> tuple[torch.Tensor, torch.dtype]:
+    """Validate a TargetsRequest; returns (images, target dtype) or raises RequestError.
+
+    Cheap checks on the header come before decoding, so an oversized batch costs no copy.
+    """
+    where = f"request {request.request_id}"
+    reject_unknown_fields(request, where)
+    if request.expected_teacher_version and request.expected_teacher_version != teacher.version:
+        raise invalid(f"{where}: expected teacher version {request.expected_teacher_version!r}, but this server "
+                      f"runs {teacher.arch} version {teacher.version!r}; drop expected_teacher_version or "
+                      "connect to a server with that teacher")
+    target = request.target_dtype or pb.DTYPE_FLOAT32
+    if target not in TARGET_DTYPES:
+        raise invalid(f"{where}: target_dtype {dtype_name(target)} is not offered; "
+                      "use DTYPE_FLOAT32 or DTYPE_FLOAT16")
+    if not request.HasField("images"):
+        raise invalid(f"{where}: no images; send an N x C x H x W tensor in `images`")
+    images = request.images
+    reject_unknown_fields(images, f"{where}: images")
+    if images.dtype not in INPUT_DTYPES:
+        raise invalid(f"{where}: images dtype {dtype_name(images.dtype)} is not accepted; send "
+                      "DTYPE_UINT8 pixels (0..255) or DTYPE_FLOAT32/DTYPE_FLOAT16 normalised input")
+    shape, expected = list(images.shape), list(teacher.input_spec.shape)
+    if len(shape) != 4 or shape[1:] != expected:
+        raise invalid(f"{where}: images have shape {shape}, but teacher {teacher.arch} takes N x "
+                      f"{' x '.join(map(str, expected))} (N images of C x H x W); resize or convert them first")
+    if shape[0] > max_request_batch:
+        raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"{where}: batch of {shape[0]} images, but this server takes at most "
+                           f"{max_request_batch} per request (see GetTeacherInfo.max_batch_size); split it")
+    try:
+        tensor = decode(images, require_finite=True, name=f"{where}: images")
+    except CodecError as exc:
+        raise invalid(str(exc)) from None
+    return tensor, TARGET_DTYPES[target]
+
+
+class GuidanceServicer(guidance_pb2_grpc.GuidanceServicer):
+    def __init__(self, config: Config, metrics):
+        self.config = config
+        self.metrics = metrics
+        self.teacher: Teacher | None = None  # set once loaded; until then calls get UNAVAILABLE
+        self.batcher: DynamicBatcher | None = None
+        self.open_streams = 0
+        self.drained = asyncio.Event()  # set whenever no stream is open
+        self.drained.set()
+        self.draining: asyncio.Future | None = None
+
+    def ready(self, teacher: Teacher, batcher: DynamicBatcher) -> None:
+        """Called on the event loop once the teacher is loaded."""
+        self.teacher, self.batcher = teacher, batcher
+        self.draining = asyncio.get_running_loop().create_future()
+
+    def start_draining(self) -> None:
+        if self.draining is None:  # never became ready
+            self.draining = asyncio.get_running_loop().create_future()
+        if not self.draining.done():
+            self.draining.set_result(None)
+
+    @property
+    def is_draining(self) -> bool:
+        return self.draining is not None and self.draining.done()
+
+    async def fail(self, context, code: grpc.StatusCode, message: str):
+        self.metrics.errors.labels(code=code.name).inc()
+        log.info("ending call: %s %s", code.name, message)
+        await context.abort(code, message)
+
+    async def refuse_if_unavailable(self, context) -> None:
+        if self.is_draining:
+            await self.fail(context, grpc.StatusCode.UNAVAILABLE, "server is shutting down; connect to another replica or retry")
+        if self.teacher is None:
+            await self.fail(context, grpc.StatusCode.UNAVAILABLE, "teacher is still loading; retry shortly")
+
+    async def GetTeacherInfo(self, request, context):
+        await self.refuse_if_unavailable(context)
+        teacher, spec = self.teacher, self.teacher.input_spec
+        return pb.TeacherInfo(
+            protocol_version=PROTOCOL_VERSION, teacher_id=teacher.arch, teacher_version=teacher.version,
+            input_shape=list(spec.shape), input_dtype=pb.DTYPE_FLOAT32,
+            normalization=pb.Normalization(mean=list(spec.mean), std=list(spec.std)),
+            feature_dim=teacher.feature_dim, num_classes=teacher.num_classes,
+            class_names=teacher.record.class_names,
+            max_batch_size=self.config.batcher.max_request_batch,
+            max_message_bytes=self.config.server.max_message_bytes,
+            input_dtypes=list(INPUT_DTYPES), target_dtypes=list(TARGET_DTYPES),
+        )
+
+    async def StreamTargets(self, request_iterator, context):
+        await self.refuse_if_unavailable(context)
+        if self.open_streams >= self.config.server.max_streams:
+            await self.fail(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"server has {self.open_streams} open streams, its limit (server.max_streams); "
+                            "retry later or use another replica")
+        self.open_streams += 1
+        self.drained.clear()
+        self.metrics.open_streams.inc()
+        # Bounded: a client that sends faster than it reads waits (flow control) instead of filling memory.
+        outbox: asyncio.Queue = asyncio.Queue(maxsize=self.config.server.stream_window)
+        reader = asyncio.create_task(self.read_requests(request_iterator, outbox))
+        try:
+            while True:
+                item = await outbox.get()
+                if item is END:
+                    return
+                if isinstance(item, RequestError):
+                    await self.fail(context, item.code, item.message)
+                try:
+                    features, logits = await item.future
+                except Exception as exc:  # the teacher failed on this batch
+                    await self.fail(context, grpc.StatusCode.INTERNAL, f"teacher forward failed: {exc}")
+                self.metrics.samples.inc(int(features.shape[0]))
+                yield pb.TargetsResponse(
+                    request_id=item.request_id,
+                    features=encode(features.to(item.target_dtype)), logits=encode(logits.to(item.target_dtype)),
+                    teacher_id=self.teacher.arch, teacher_version=self.teacher.version,
+                )
+        finally:
+            reader.cancel()
+            while not outbox.empty():  # answers nobody will read
+                item = outbox.get_nowait()
+                if isinstance(item, Accepted):
+                    item.future.cancel()
+            self.open_streams -= 1
+            self.metrics.open_streams.dec()
+            if self.open_streams == 0:
+                self.drained.set()
+
+    async def read_requests(self, request_iterator, outbox: asyncio.Queue) -> None:
+        """Validate and queue each request; ends with END or the RequestError that ends the stream."""
+        requests = request_iterator.__aiter__()
+        try:
+            while True:
+                request = await self.next_request(requests)
+                if request is None:
+                    await outbox.put(END)
+                    return
+                self.metrics.requests.inc()
+                images, target_dtype = parse_request(request, self.teacher, self.config.batcher.max_request_batch)
+                try:
+                    future = self.batcher.submit_nowait(images)
+                except QueueFull as exc:
+                    raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+                except BatcherStopped:
+                    raise RequestError(grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry elsewhere") from None
+                await outbox.put(Accepted(request.request_id, target_dtype, future))
+        except RequestError as exc:
+            await outbox.put(exc)
+
+    async def next_request(self, requests) -> pb.TargetsRequest | None:
+        """The next request, None at the end of the stream; RequestError on drain or idle timeout."""
+        idle = self.config.server.stream_idle_seconds or None
+        receive = asyncio.ensure_future(requests.__anext__())
+        done, _ = await asyncio.wait({receive, self.draining}, timeout=idle, return_when=asyncio.FIRST_COMPLETED)
+        if receive in done:
+            try:
+                return receive.result()
+            except StopAsyncIteration:
+                return None
+        receive.cancel()
+        if self.is_draining:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE,
+                               "server is shutting down; requests already sent were answered, send the rest to another replica")
+        raise RequestError(grpc.StatusCode.UNAVAILABLE,
+                           f"stream idle for {idle:g} s (server.stream_idle_seconds); open a new stream")
