@@ -1,0 +1,288 @@
+"""Label-free guided training of a (pruned) student against teacher targets.
+
+Each step: take the next batch of the epoch's permutation (seeded by (seed, epoch), so a resumed
+run sees the same order), augment the uint8 pixels, send exactly those pixels to the teacher,
+and minimise the learning gap + logit KD (lnpt.shared.objectives) between student and teacher.
+No label is read anywhere: the image source cannot return one. Masks stay fixed (the
+torch.nn.utils.prune re-parametrisation keeps pruned weights at exactly zero).
+
+The position of a run is one number, the global step: epoch = step // steps_per_epoch and the
+batch within the epoch = step % steps_per_epoch. Checkpoints store it with everything else a
+resumed run needs, so resuming continues with the very next batch.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+
+from lnpt.edge.training.augment import batch_generator, random_crop_flip
+from lnpt.edge.training.checkpoints import load_checkpoint, restore_rng, save_checkpoint
+from lnpt.edge.training.sources import ImageSource
+from lnpt.edge.training.target_cache import TargetCache, digest
+from lnpt.shared.config import ObjectiveConfig, TrainConfig
+from lnpt.shared.data import normalize
+from lnpt.shared.errors import LnptError
+from lnpt.shared.objectives import Targets, learning_gap, objective_from_config
+from lnpt.shared.zoo import InputSpec, ZooNet
+
+
+class TrainingError(LnptError, RuntimeError):
+    """Training cannot start or continue; the message says why and what to do."""
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The sample order of one epoch, a function of (seed, epoch) only."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def sample_keys(images: ImageSource, batch_size: int = 512) -> list[bytes]:
+    """Content digests of every (un-augmented) sample, in dataset order."""
+    keys: list[bytes] = []
+    for start in range(0, len(images), batch_size):
+        batch = images.batch(torch.arange(start, min(start + batch_size, len(images))))
+        keys.extend(digest(image) for image in batch)
+    return keys
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    total_steps: int
+    epochs: int
+    samples: int
+    seconds: float
+    target_wait_seconds: float  # time the training loop was blocked waiting for the next batch's targets
+    final_loss: float
+    teacher_version: str
+    resumed_from_step: int = 0
+    source_stats: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class GuidedTrainer:
+    """Train `model` (a masked ZooNet) on `images` with targets from `source` (see sources.py).
+
+    `source` may be None when a complete `cache` makes the network unnecessary. `log` receives one
+    dict per event (step, epoch, checkpoint, done); the CLI writes them as JSON lines.
+    """
+
+    def __init__(self, model: ZooNet, input_spec: InputSpec, images: ImageSource, source, *,
+                 train: TrainConfig, objective: ObjectiveConfig, teacher_version: str,
+                 teacher_dim: int | None = None, student_version: str = "",
+                 checkpoint_path: str | os.PathLike | None = None, cache: TargetCache | None = None,
+                 cache_keys: list[bytes] | None = None, log: Callable[[dict], None] | None = None,
+                 progress: bool = True):
+        if len(images) == 0:
+            raise TrainingError(f"no training images in {images.name}")
+        self.model, self.spec, self.images, self.source = model, input_spec, images, source
+        self.cfg, self.teacher_version, self.student_version = train, teacher_version, student_version
+        self.checkpoint_path, self.cache, self.log, self.progress = checkpoint_path, cache, log, progress
+        self.augment = train.augment and cache is None  # cached targets exist only for un-augmented pixels
+        self.gap_kind = objective.gap
+        self.objective = objective_from_config(objective, model.feature_dim, teacher_dim or model.feature_dim)
+        self.batch_size = min(train.batch_size, len(images))
+        self.steps_per_epoch = len(images) // self.batch_size  # the last partial batch is dropped
+        total = train.epochs * self.steps_per_epoch
+        self.total_steps = min(total, train.max_steps) if train.max_steps else total
+        params = [*model.parameters(), *self.objective.parameters()]
+        if train.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(params, lr=train.lr, momentum=train.momentum,
+                                             weight_decay=train.weight_decay, nesterov=train.momentum > 0)
+        else:
+            self.optimizer = torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay)
+        self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.total_steps)
+                          if train.schedule == "cosine" else None)
+        self.step = 0
+        self.resumed_from = 0
+        self.order: torch.Tensor | None = None  # the current epoch's permutation
+        self.keys = cache_keys
+        self.wait_seconds = 0.0
+        self.saved_step = -1
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(), "objective": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "step": self.step, "epoch": self.step // self.steps_per_epoch,
+            "batch_in_epoch": self.step % self.steps_per_epoch, "order": self.order,
+            "teacher_version": self.teacher_version, "student_version": self.student_version,
+            "data": {"name": self.images.name, "size": len(self.images)},
+            "batch_size": self.batch_size, "seed": self.cfg.seed, "total_steps": self.total_steps,
+            "augment": self.augment,
+        }
+
+    def save(self, reason: str) -> None:
+        if self.checkpoint_path is None:
+            return
+        save_checkpoint(self.checkpoint_path, self.state())
+        self.saved_step = self.step
+        self.emit({"event": "checkpoint", "step": self.step, "reason": reason, "path": str(self.checkpoint_path)})
+
+    def resume(self, force: bool = False) -> int:
+        """Load `checkpoint_path` and continue from its step; refuses a checkpoint of another run."""
+        state = load_checkpoint(self.checkpoint_path)
+        where = str(self.checkpoint_path)
+        if state["teacher_version"] != self.teacher_version and not force:
+            raise TrainingError(f"{where} was trained against teacher version {state['teacher_version']}, "
+                                f"the teacher now is {self.teacher_version}; its targets differ, so resuming "
+                                f"would mix two teachers (use --force to resume anyway, or start fresh)")
+        mine = {"student_version": self.student_version, "batch_size": self.batch_size,
+                "seed": self.cfg.seed, "total_steps": self.total_steps, "augment": self.augment}
+        for key, value in mine.items():
+            if state[key] != value:
+                raise TrainingError(f"{where} has {key}={state[key]!r} but this run has {value!r}; resume "
+                                    f"with the same student and settings (or start fresh without --resume)")
+        if state["data"]["size"] != len(self.images):
+            raise TrainingError(f"{where} was trained on {state['data']['size']} images ({state['data']['name']}), "
+                                f"this run has {len(self.images)} ({self.images.name}); resume with the same data")
+        self.model.load_state_dict(state["model"])
+        self.objective.load_state_dict(state["objective"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        restore_rng(state)
+        self.step = self.resumed_from = int(state["step"])
+        self.order = state["order"]
+        self.emit({"event": "resume", "step": self.step, "path": where})
+        return self.step
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def emit(self, event: dict) -> None:
+        if self.log is not None:
+            self.log(event)
+
+    def run(self) -> TrainResult:
+        from tqdm import tqdm
+
+        if self.cache is not None:
+            self.fill_cache()
+        started = time.perf_counter()
+        loss_value = math.nan
+        bar = tqdm(total=self.total_steps, initial=self.step, unit="step", desc="train", dynamic_ncols=True,
+                   disable=not self.progress)
+        try:
+            while self.step < self.total_steps:
+                epoch, first = divmod(self.step, self.steps_per_epoch)
+                if self.order is None or first == 0:
+                    self.order = epoch_order(self.cfg.seed, epoch, len(self.images))
+                last = min(self.steps_per_epoch, first + self.total_steps - self.step)
+                epoch_start = time.perf_counter()
+                for batch, images, features, logits in self.batches_with_targets(epoch, first, last):
+                    loss_value, gap_value = self.train_step(images, features, logits)
+                    self.step += 1
+                    rate = len(images) * (self.step - self.resumed_from) / max(time.perf_counter() - started, 1e-9)
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{loss_value:.4f}", img_s=f"{rate:.0f}")
+                    self.emit({"event": "step", "step": self.step, "epoch": epoch, "batch": batch,
+                               "loss": loss_value, "gap": gap_value, "lr": self.optimizer.param_groups[0]["lr"],
+                               "images_per_s": rate})
+                    if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
+                        self.save("every")
+                if last == self.steps_per_epoch:
+                    self.emit({"event": "epoch", "epoch": epoch, "step": self.step,
+                               "seconds": time.perf_counter() - epoch_start, "loss": loss_value})
+                    self.order = None
+                    self.save("epoch")
+            if self.saved_step != self.step:  # stopped by max_steps inside an epoch
+                self.save("final")
+        finally:
+            bar.close()
+            if self.cache is not None:
+                self.cache.save()
+        result = TrainResult(
+            steps=self.step, total_steps=self.total_steps, epochs=math.ceil(self.step / self.steps_per_epoch),
+            samples=(self.step - self.resumed_from) * self.batch_size, seconds=time.perf_counter() - started,
+            target_wait_seconds=self.wait_seconds, final_loss=loss_value, teacher_version=self.teacher_version,
+            resumed_from_step=self.resumed_from, source_stats=dict(getattr(self.source, "stats", {}) or {}),
+        )
+        self.emit({"event": "done", **result.to_dict()})
+        return result
+
+    def train_step(self, images: torch.Tensor, features: torch.Tensor, logits: torch.Tensor) -> tuple[float, float]:
+        self.model.train()
+        student_features, student_logits = self.model.features_and_logits(normalize(images, self.spec))
+        loss = self.objective.loss(student_features, student_logits, Targets(features, logits))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        gap = math.nan
+        if student_features.shape == features.shape:
+            gap = float(learning_gap(student_features.detach(), features, self.gap_kind))
+        return float(loss.detach()), gap
+
+    def batches_with_targets(self, epoch: int, first: int, last: int) -> Iterator[tuple]:
+        """(batch index, uint8 images, features, logits) for batches first..last-1 of the epoch.
+
+        The source pulls batches ahead (prefetch); `produced` remembers them in order so each
+        answer is paired with the batch it was asked for.
+        """
+        produced: deque = deque()
+
+        def batches() -> Iterator[torch.Tensor]:
+            for b in range(first, last):
+                indices = self.order[b * self.batch_size:(b + 1) * self.batch_size]
+                images = self.images.batch(indices)
+                if self.augment:
+                    images = random_crop_flip(images, batch_generator(self.cfg.seed, epoch, b))
+                produced.append((b, indices, images))
+                yield images
+
+        def cached(batch_iter: Iterator[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            for _ in batch_iter:
+                indices = produced[-1][1]
+                found = self.cache.lookup([self.keys[int(i)] for i in indices])
+                if found is None:  # fill_cache ran first, so only a changed data folder gets here
+                    raise TrainingError(f"target cache {self.cache.path} lost samples during the run")
+                yield found
+
+        stream = cached(batches()) if self.cache is not None else iter(self.source.stream(batches()))
+        try:
+            while True:
+                waited = time.perf_counter()
+                item = next(stream, None)
+                self.wait_seconds += time.perf_counter() - waited
+                if item is None:
+                    return
+                b, _, images = produced.popleft()
+                yield b, images, item[0], item[1]
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+
+    def fill_cache(self) -> None:
+        """Ask the teacher once for every sample the cache lacks (un-augmented), then save it."""
+        from tqdm import tqdm
+
+        if self.keys is None:
+            self.keys = sample_keys(self.images)
+        missing = [i for i, key in enumerate(self.keys) if key not in self.cache.rows]
+        if not missing:
+            return
+        if self.source is None:
+            raise TrainingError(f"target cache {self.cache.path} lacks {len(missing)} of {len(self.keys)} "
+                                f"samples and no teacher is reachable; connect to the teacher once to fill it")
+        chunks = [torch.tensor(missing[s:s + self.batch_size]) for s in range(0, len(missing), self.batch_size)]
+        bar = tqdm(total=len(missing), unit="img", desc="caching targets", disable=not self.progress)
+        try:
+            for indices, (features, logits) in zip(chunks, self.source.stream(self.images.batch(c) for c in chunks)):
+                self.cache.add([self.keys[int(i)] for i in indices], features, logits)
+                bar.update(len(indices))
+        finally:
+            bar.close()
+            self.cache.save()
+        self.emit({"event": "cache", "added": len(missing), "size": len(self.cache)})
