@@ -154,8 +154,14 @@ class ExportConfig:
     opset: int = field(default=18, metadata=between(13, 23))
     format: str = field(default="dense", metadata=choice("dense", "sparse"))
     quantize: str = field(default="none", metadata=choice("none", "int8", "int8-static"))
-    tolerance: float = field(default=1e-4, metadata=at_least(0))
-    logits_only: bool = False
+    tolerance: float = field(default=1e-4, metadata=at_least(0))  # float graphs: max abs diff / max(1, max |out|)
+    int8_min_agreement: float = field(default=0.9, metadata=between(0, 1))  # int8: top-1 agreement with PyTorch
+    logits_only: bool = False  # graph outputs only `logits` (no `features`)
+    ort: bool = False  # also write a verified .ort file for ONNX Runtime Mobile
+    verify_samples: int = field(default=64, metadata=at_least(1))  # real images compared with PyTorch
+    samples: str = ""  # folder of real images for verification; empty = Fashion-MNIST test images
+    calibration: str = ""  # folder of unlabeled images for int8-static; empty = Fashion-MNIST train pixels
+    calibration_samples: int = field(default=128, metadata=at_least(1))
 
 
 @dataclass

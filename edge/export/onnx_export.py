@@ -1,0 +1,101 @@
+"""PyTorch student -> one self-contained ONNX graph with stable names and a dynamic batch.
+
+The graph takes the NORMALISED float32 input `images` (N, C, H, W): apps apply the student's
+mean/std themselves (the sidecar JSON states them), so the graph has no preprocessing baked in.
+Outputs are `features` (the penultimate vector, as `ZooNet.features_and_logits`) and `logits`,
+or only `logits` for apps that just classify.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+from torch import nn
+
+from lnpt.shared.errors import LnptError
+from lnpt.shared.zoo import InputSpec, ZooNet
+
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("features", "logits")
+# onnx 1.23 stamps IR version 14 on models it writes; onnxruntime 1.31 refuses it (13 is its maximum).
+# IR 10 is what torch 2.14's exporter emits and every runtime we verify loads it.
+IR_VERSION = 10
+MAX_PROTOBUF_BYTES = 2**31 - 1  # protobuf's hard limit for one self-contained file
+MAX_BATCH = 4096
+
+
+class ExportError(LnptError, RuntimeError):
+    """An export step failed or an artifact did not pass verification."""
+
+
+class ExportGraph(nn.Module):
+    """The student's body and head under their own names, so ONNX initializers keep the student's
+    parameter names (`body.0.weight`, `head.weight`), which is how sparsity is matched per layer."""
+
+    def __init__(self, model: ZooNet, logits_only: bool):
+        super().__init__()
+        self.body = model.body
+        self.head = model.head
+        self.logits_only = logits_only
+
+    def forward(self, images: torch.Tensor):
+        features = self.body(images)
+        logits = self.head(features)
+        return logits if self.logits_only else (features, logits)
+
+
+def output_names(logits_only: bool) -> tuple[str, ...]:
+    return OUTPUT_NAMES[1:] if logits_only else OUTPUT_NAMES
+
+
+def to_onnx(model: ZooNet, spec: InputSpec, *, opset: int, logits_only: bool = False):
+    """Export a copy of `model` (masks made permanent, eval mode); returns an `onnx.ModelProto`.
+
+    `model` itself is never changed: masks are removed on a deep copy.
+    """
+    plain = permanent_copy(model).eval()
+    example = torch.zeros(2, *spec.shape)
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's notes on its own internals, not ours
+            program = torch.onnx.export(
+                ExportGraph(plain, logits_only), (example,), dynamo=True, opset_version=opset,
+                input_names=[INPUT_NAME], output_names=list(output_names(logits_only)),
+                dynamic_shapes={INPUT_NAME: {0: batch}}, external_data=False, verbose=False,
+            )
+    except Exception as exc:  # the exporter raises many types; the user needs one clear line
+        raise ExportError(f"torch.onnx.export failed for {model.arch} at opset {opset}: "
+                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    proto = program.model_proto
+    # The exporter also lists every initializer in value_info; the quantizer rewrites some of them
+    # (Gemm weights get transposed) and shape inference then fails on the stale entries.
+    initializers = {init.name for init in proto.graph.initializer}
+    kept = [info for info in proto.graph.value_info if info.name not in initializers]
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(kept)
+    proto.ir_version = IR_VERSION
+    return proto
+
+
+def permanent_copy(model: ZooNet) -> ZooNet:
+    """A deep copy with masks made permanent (`prune.remove`); `model` keeps its masks."""
+    from lnpt.edge.student import make_permanent, prunable_modules
+
+    with torch.no_grad():
+        # prune's hook leaves `weight` as a non-leaf product after a grad-enabled forward, which
+        # deepcopy refuses; recompute it as a plain tensor (same values) first.
+        for module in prunable_modules(model).values():
+            if hasattr(module, "weight_mask"):
+                module.weight = module.weight_orig * module.weight_mask
+        return make_permanent(copy.deepcopy(model))
+
+
+def serialize(proto) -> bytes:
+    """One self-contained file's bytes, with the IR version pinned (rewrites may have changed it)."""
+    proto.ir_version = IR_VERSION
+    if proto.ByteSize() > MAX_PROTOBUF_BYTES:
+        raise ExportError(f"the model is {proto.ByteSize() / 2**30:.2f} GiB; one ONNX file holds at most 2 GiB "
+                          "(prune or quantize it further)")
+    return proto.SerializeToString()

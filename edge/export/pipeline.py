@@ -1,0 +1,294 @@
+"""`export_student`: student file -> verified ONNX artifact (+ sidecar JSON, optional .ort).
+
+Stages: load the student; export a dense float graph and verify it; quantize (optional) and
+verify; sparse-encode (optional, always last) and verify; write the artifact and its sidecar
+atomically; convert to .ort (optional) and verify that too. Every artifact is verified from the
+exact bytes that are written, and nothing is written when a verification fails. The student file
+is only read.
+"""
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from lnpt.edge.export.onnx_export import INPUT_NAME, IR_VERSION, ExportError, output_names
+
+SIDECAR_FORMAT = "lnpt-onnx-sidecar"
+SIDECAR_VERSION = 1
+
+
+@dataclass
+class ExportOptions:
+    """Everything `export_student` needs beyond the paths; `from_config` maps the [export] section."""
+
+    opset: int = 18
+    storage: str = "dense"  # "dense" or "sparse" initializers
+    quantize: str = "none"  # "none", "int8" (dynamic) or "int8-static"
+    tolerance: float = 1e-4
+    int8_min_agreement: float = 0.9
+    logits_only: bool = False
+    ort: bool = False
+    verify_samples: int = 64
+    samples: str = ""  # folder of real images for verification; empty = Fashion-MNIST test images
+    calibration: str = ""  # folder of unlabeled images for int8-static; empty = Fashion-MNIST train images
+    calibration_samples: int = 128
+    eval_fashion_mnist: int = 0  # labeled Fashion-MNIST test images to measure accuracy on; 0 = off
+    data_root: str = ""
+    threads: int = 1
+
+    @classmethod
+    def from_config(cls, config, **extra) -> "ExportOptions":
+        e = config.export
+        return cls(opset=e.opset, storage=e.format, quantize=e.quantize, tolerance=e.tolerance,
+                   int8_min_agreement=e.int8_min_agreement, logits_only=e.logits_only, ort=e.ort,
+                   verify_samples=e.verify_samples, samples=e.samples, calibration=e.calibration,
+                   calibration_samples=e.calibration_samples, data_root=config.data.root, **extra)
+
+
+def gzip_size(data: bytes) -> int:
+    """What a zip/gzip app bundle would store for `data` (deflate, level 9)."""
+    return len(gzip.compress(data, compresslevel=9, mtime=0))
+
+
+def sidecar_path(out: Path) -> Path:
+    return out.with_name(out.name + ".json")
+
+
+def real_images(spec, folder: str, count: int, data_root: str, train: bool):
+    """uint8 images shaped for `spec`: from `folder` when given, else Fashion-MNIST (pixels only)."""
+    from lnpt.shared.data import UnlabeledImageFolder, adapt, load_fashion_mnist
+
+    if folder:
+        dataset = UnlabeledImageFolder(folder, spec)
+        import torch
+
+        return torch.stack([dataset[i] for i in range(min(count, len(dataset)))])
+    images, _ = load_fashion_mnist(train=train, root=data_root or None)
+    return adapt(images[:count], spec)
+
+
+def student_sparsity(model) -> dict:
+    from lnpt.edge.export.sparse import sparsity_report
+    from lnpt.edge.student import plain_state_dict, prunable_modules
+
+    state = plain_state_dict(model)
+    return sparsity_report({f"{name}.weight": state[f"{name}.weight"].numpy() for name in prunable_modules(model)})
+
+
+def count_params(model) -> int:
+    from lnpt.edge.student import plain_state_dict
+
+    return sum(v.numel() for k, v in plain_state_dict(model).items() if v.is_floating_point())
+
+
+def export_student(student: str | Path, out: str | Path, options: ExportOptions,
+                   progress: Callable[[str], None] = lambda line: None) -> dict:
+    """Export, verify and write; returns the summary (also stored in the sidecar)."""
+    import onnx
+    import onnxruntime
+    import torch
+
+    from lnpt.edge.export import quantize as quant
+    from lnpt.edge.export import sparse
+    from lnpt.edge.export.onnx_export import serialize, to_onnx
+    from lnpt.edge.export.verify import accuracy, reference_outputs, session, verify
+    from lnpt.edge.student import load_student
+    from lnpt.shared.checkpoint import atomic_write
+    from lnpt.shared.data import FASHION_MNIST_CLASSES, load_fashion_mnist, normalize
+    from lnpt.shared.zoo import build_model
+
+    student, out = Path(student), Path(out)
+    if out.suffix == ".ort":
+        raise ExportError(f"--out {out}: name the .onnx file; --ort writes the .ort file beside it")
+    if out.exists() and student.exists() and out.resolve() == student.resolve():
+        raise ExportError(f"--out {out} is the student file itself; choose another path (the student is never overwritten)")
+    stages = ["load student", "export dense ONNX", "verify dense"]
+    stages += ["quantize " + options.quantize, "verify int8"] if options.quantize != "none" else []
+    stages += ["encode sparse", "verify sparse"] if options.storage == "sparse" else []
+    stages += ["write artifact"] + (["convert .ort"] if options.ort else [])
+    step = iter(range(1, len(stages) + 1))
+
+    def stage(name: str) -> None:
+        progress(f"[{next(step)}/{len(stages)}] {name}")
+
+    stage("load student")
+    model, record = load_student(student)
+    model.eval()
+    spec = record.input_spec
+    pixels = real_images(spec, options.samples, options.verify_samples, options.data_root, train=False)
+    reference = reference_outputs(model, normalize(pixels, spec))
+    if options.logits_only:
+        reference.outputs.pop("features")
+    check = dict(tolerance=options.tolerance, min_agreement=options.int8_min_agreement, threads=options.threads)
+
+    stage("export dense ONNX")
+    with torch.no_grad():
+        proto = to_onnx(model, spec, opset=options.opset, logits_only=options.logits_only)
+    dense_bytes = serialize(proto)
+    sizes = {"dense": {"bytes": len(dense_bytes), "gzip_bytes": gzip_size(dense_bytes)}}
+
+    stage("verify dense")
+    verification = {"dense": verify(dense_bytes, proto, reference, quantized=False, what="the dense ONNX graph", **check)}
+    artifact, artifact_bytes, quantized = proto, dense_bytes, options.quantize != "none"
+
+    if quantized:
+        stage("quantize " + options.quantize)
+        calibration = None
+        if options.quantize == "int8-static":
+            calib_pixels = real_images(spec, options.calibration, options.calibration_samples, options.data_root, train=True)
+            calibration = normalize(calib_pixels, spec).numpy()
+        artifact = quant.quantize(proto, options.quantize, calibration)
+        artifact_bytes = serialize(artifact)
+        sizes["int8"] = {"bytes": len(artifact_bytes), "gzip_bytes": gzip_size(artifact_bytes)}
+        stage("verify int8")
+        verification["int8"] = verify(artifact_bytes, artifact, reference, quantized=True,
+                                      what=f"the {options.quantize} graph", **check)
+
+    encoding = None
+    if options.storage == "sparse":
+        stage("encode sparse")
+        artifact, encoding = sparse.to_sparse(artifact)
+        artifact_bytes = serialize(artifact)
+        sizes["sparse"] = {"bytes": len(artifact_bytes), "gzip_bytes": gzip_size(artifact_bytes)}
+        stage("verify sparse")
+        verification["sparse"] = verify(artifact_bytes, artifact, reference, quantized=quantized,
+                                        what="the sparse ONNX file", **check)
+
+    sparsity = compare_sparsity(student_sparsity(model), artifact, quantized)
+    result = {
+        "student": str(student), "student_version": record.version, "arch": record.arch,
+        "teacher_version": record.extra.get("teacher_version", ""), "structured": bool(record.extra.get("structured")),
+        "output": str(out), "sidecar": str(sidecar_path(out)), "ort_file": None,
+        "storage": options.storage, "quantize": options.quantize, "opset": options.opset, "ir_version": IR_VERSION,
+        "input": input_description(spec),
+        "outputs": {name: ["batch", model.feature_dim if name == "features" else model.num_classes]
+                    for name in output_names(options.logits_only)},
+        "class_names": list(record.class_names),
+        "params": count_params(model),
+        "full_width_params": count_params(build_model(record.arch, record.num_classes, spec)),
+        "sizes": {**sizes, "artifact": {"bytes": len(artifact_bytes), "gzip_bytes": gzip_size(artifact_bytes)}},
+        "sparse_encoded_initializers": encoding.encoded if encoding else [],
+        "sparsity": sparsity,
+        "verification": verification,
+        "tolerance": options.tolerance, "int8_min_agreement": options.int8_min_agreement,
+        "max_abs_diff": verification[list(verification)[-1]]["max_abs_diff"],
+        "accuracy": None,
+        "runtimes": [f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider"],
+        "onnx_version": onnx.__version__,
+        "sha256": hashlib.sha256(artifact_bytes).hexdigest(),
+    }
+    dense_size = sizes["dense"]["bytes"]
+    result["artifact_over_dense_size"] = len(artifact_bytes) / dense_size
+    result["artifact_gzip_over_dense_size"] = result["sizes"]["artifact"]["gzip_bytes"] / dense_size
+
+    if options.eval_fashion_mnist:
+        if tuple(record.class_names) != FASHION_MNIST_CLASSES:
+            raise ExportError("--eval-fashion-mnist needs a student trained on Fashion-MNIST's 10 classes; "
+                              f"this one has classes {record.class_names[:5]}...")
+        images, labels = load_fashion_mnist(train=False, root=options.data_root or None)
+        images, labels = normalize(images[:options.eval_fashion_mnist], spec), labels[:options.eval_fashion_mnist].numpy()
+        with torch.inference_mode():
+            torch_acc = float((model(images).argmax(1).numpy() == labels).mean())
+        result["accuracy"] = {"samples": len(labels), "torch": torch_acc,
+                              "onnx": accuracy(session(artifact_bytes, options.threads), images.numpy(), labels)}
+
+    stage("write artifact")
+    atomic_write(out, lambda f: f.write(artifact_bytes))
+    if options.ort:
+        stage("convert .ort")
+        result["ort"] = convert_to_ort(out, reference, quantized, check)
+        result["ort_file"] = result["ort"].get("file")
+        if "verification" in result["ort"]:
+            result["runtimes"].append(f"onnxruntime {onnxruntime.__version__} (ORT format, minimal-build compatible)")
+    write_sidecar(result)
+    return result
+
+
+def input_description(spec) -> dict:
+    return {
+        "name": INPUT_NAME, "dtype": "float32", "shape": ["batch", *spec.shape], "layout": "NCHW",
+        "color": "grey" if spec.channels == 1 else "RGB",
+        "normalisation": {"mean": list(spec.mean), "std": list(spec.std),
+                          "formula": "images = (pixels / 255 - mean[c]) / std[c], pixels uint8 in [0, 255]; "
+                                     "the app applies it, the graph does not"},
+    }
+
+
+def compare_sparsity(student: dict, artifact, quantized: bool) -> dict:
+    """Zeros per layer in the student and in the artifact's initializers; refuses lost zeros.
+
+    Float graphs hold the same zeros (BatchNorm folding scales a channel, it cannot fill a zero);
+    symmetric int8 keeps every zero and may round a few tiny weights to zero as well.
+    """
+    from lnpt.edge.export.sparse import layer_weights, sparsity_report
+
+    try:
+        exported = sparsity_report(layer_weights(artifact, list(student["per_layer"])))
+    except KeyError as exc:
+        raise ExportError(f"cannot match the student's layers in the exported graph: {exc}") from exc
+    lost = [name for name, value in student["per_layer"].items() if exported["per_layer"][name] < value - 1e-12]
+    if lost:
+        raise ExportError(f"the exported graph lost pruned zeros in {lost[:5]} (masks not applied?)")
+    return {"student": student["overall"], "exported": exported["overall"], "quantized": quantized,
+            "per_layer": {name: {"student": student["per_layer"][name], "exported": exported["per_layer"][name]}
+                          for name in student["per_layer"]}}
+
+
+def convert_to_ort(onnx_path: Path, reference, quantized: bool, check: dict) -> dict:
+    """ORT-format file for ONNX Runtime Mobile beside `onnx_path`, verified; skipped when this
+    onnxruntime has no converter."""
+    import importlib.util
+    import shutil
+    import tempfile
+
+    from lnpt.edge.export.verify import verify
+    from lnpt.shared.checkpoint import atomic_write
+
+    if importlib.util.find_spec("onnxruntime.tools.convert_onnx_models_to_ort") is None:
+        return {"skipped": "this onnxruntime install has no onnxruntime.tools.convert_onnx_models_to_ort"}
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    target = onnx_path.with_suffix(".ort")
+    with tempfile.TemporaryDirectory(prefix="lnpt-ort-") as tmp:
+        source = Path(tmp) / "model.onnx"
+        shutil.copyfile(onnx_path, source)
+        chatter = io.StringIO()  # the converter prints to stdout, which must stay one JSON object
+        try:
+            with contextlib.redirect_stdout(chatter):
+                convert_onnx_models_to_ort(source, Path(tmp) / "out", [OptimizationStyle.Fixed])
+        except Exception as exc:  # the converter raises many types
+            raise ExportError(f".ort conversion failed: {type(exc).__name__}: {exc} {chatter.getvalue()[-500:]}") from exc
+        produced = next((Path(tmp) / "out").glob("*.ort"), None)
+        if produced is None:
+            raise ExportError(".ort conversion produced no file")
+        data = produced.read_bytes()
+    verification = verify(data, None, reference, quantized=quantized, what="the .ort file", **check)
+    atomic_write(target, lambda f: f.write(data))
+    return {"file": str(target), "bytes": len(data), "gzip_bytes": gzip_size(data), "verification": verification}
+
+
+def write_sidecar(result: dict) -> None:
+    """The app-facing description of the artifact, beside it (model.onnx -> model.onnx.json)."""
+    from lnpt.shared.checkpoint import atomic_write
+
+    sidecar = {"format": SIDECAR_FORMAT, "format_version": SIDECAR_VERSION,
+               "verification_criteria": {
+                   "float": "max |onnx - torch| over all outputs <= tolerance * max(1, max |torch|)",
+                   "int8": "top-1 class agrees with PyTorch on at least int8_min_agreement of the samples"},
+               **{k: v for k, v in result.items() if k not in ("student", "sidecar")}}
+    text = json.dumps(sidecar, indent=2, default=_jsonable)
+    atomic_write(sidecar_path(Path(result["output"])), lambda f: f.write(text.encode()))
+
+
+def _jsonable(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return str(value)
