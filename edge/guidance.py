@@ -86,7 +86,9 @@ class Backoff:
             raise GuidanceUnavailable(
                 f"teacher at {self.where} unreachable after {self.attempts} attempts and "
                 f"{self.waited:.1f}s of backoff (client.max_attempts={self.policy.max_attempts}, "
-                f"client.max_wait_seconds={self.policy.max_wait_seconds:g}); last error: {describe(error)}"
+                f"client.max_wait_seconds={self.policy.max_wait_seconds:g}); last error: {describe(error)}. "
+                f"Check the address and that the server runs; a TLS server reached with --insecure, or a "
+                f"mutual-TLS server reached without --client-cert, also just closes the socket"
             ) from error
         ceiling = min(self.policy.max_seconds, self.policy.base_seconds * 2 ** (self.attempts - 1))
         delay = min(random.uniform(0.0, ceiling), budget_left)  # full jitter: spreads reconnecting clients
@@ -323,14 +325,14 @@ class GuidanceClient:
                     request = self._request(images, image_dtype, target_dtype)
                     pending[request.request_id] = request
                     self.stats["requests"] += 1
-                    if call is not None:
+                    if call is None:  # open as soon as there is something to ask (or after a drop)
+                        call = self._open(pending)
+                    else:
                         call.send(request)
                 if not pending:
                     return
                 if call is None:
-                    call = _Call(self.stub, self.metadata)
-                    for request in pending.values():
-                        call.send(request)
+                    call = self._open(pending)
                 if exhausted:
                     call.close()
                 started = time.perf_counter()
@@ -357,6 +359,13 @@ class GuidanceClient:
         finally:
             if call is not None:
                 call.cancel()
+
+    def _open(self, pending: OrderedDict) -> _Call:
+        """A new stream that first (re-)sends every unanswered request, oldest first."""
+        call = _Call(self.stub, self.metadata)
+        for request in pending.values():
+            call.send(request)
+        return call
 
     def _request(self, images: torch.Tensor, image_dtype: int, target_dtype: int) -> pb.TargetsRequest:
         if images.dtype != torch.uint8 or images.ndim != 4:
