@@ -89,4 +89,15 @@ def test_bad_requests_fail_with_one_clear_line(capsys, tmp_path, teacher_path, f
     assert code == 2 and "--score snip" in err
     code, err = prune(capsys, "--sparsity", "1.5", "--teacher", str(teacher_path), "--out", str(tmp_path / "x.pt"))
     assert code == 2 and "prune.sparsity" in err
+    code, err = prune(capsys, "--teacher", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.pt"))
+    assert code == 2 and "neither an existing teacher file nor a server address" in err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_prune_benchmark_prints_the_ratios_as_json(capsys):
+    code = main(["bench", "prune", "--model", "lenet5", "--samples", "20", "--repeats", "1",
+                 "--synflow-rounds", "2", "--format", "json"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0
+    for key in ("lnpt_over_snip", "lnpt_score_only_over_snip", "synflow_over_snip"):
+        assert result[key] > 0

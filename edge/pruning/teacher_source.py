@@ -11,6 +11,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
+from lnpt.shared.errors import LnptError
 from lnpt.shared.zoo import InputSpec
 
 TargetsFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -36,6 +37,9 @@ def open_teacher(teacher: str, client_config=None) -> TeacherSource:
     (host:port, or several comma-separated), reached with the [client] config section."""
     if Path(teacher).is_file():
         return local_teacher(teacher)
+    if ":" not in teacher or Path(teacher).suffix in (".pt", ".pth"):
+        raise LnptError(f"teacher {teacher!r} is neither an existing teacher file nor a server address "
+                        "(host:port); check the path, or train one with `lnpt teacher train`")
     return remote_teacher(teacher, client_config)
 
 
