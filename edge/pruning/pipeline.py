@@ -19,7 +19,6 @@ from lnpt.shared.data import adapt, normalize
 from lnpt.shared.objectives import CrossEntropy, Objective, Targets, objective_from_config
 from lnpt.shared.zoo import InputSpec, ZooNet
 
-OBJECTIVES = ("auto", "learning-gap", "cross-entropy")
 DATA_FREE = ("synflow", "magnitude", "random")
 
 
