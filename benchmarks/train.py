@@ -1,0 +1,169 @@
+"""`lnpt bench train`: guided training against a live local server vs supervised training with labels.
+
+One run, same student, data, batch size and augmentation. The server (`lnpt serve`, 1 torch
+thread) is pinned to one core and the trainer to another; the supervised baseline runs on the
+trainer's core alone and is the physical floor (no teacher at all). Prefetching should hide the
+network and the teacher, so guided steps/s approach supervised steps/s. Also reported: the
+fraction of time the trainer waited for targets and the trainer's peak RSS.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from lnpt.shared.cli import add_format_option, emit
+
+
+def register(actions: argparse._SubParsersAction) -> None:
+    p = actions.add_parser("train", help="guided training steps/s vs supervised steps/s (same core)",
+                           description=__doc__)
+    p.add_argument("--model", default="resnet20", help="student and teacher architecture (default resnet20)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
+    p.add_argument("--steps", type=int, default=60, help="measured steps per mode and round (default 60)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating supervised/guided rounds (default 3)")
+    p.add_argument("--warmup", type=int, default=10, help="unmeasured steps first (default 10)")
+    p.add_argument("--prefetch", type=int, default=4, help="batches requested ahead (client.prefetch)")
+    add_format_option(p)
+    p.set_defaults(handler=run)
+
+
+def cores() -> tuple[int, int]:
+    available = sorted(os.sched_getaffinity(0))
+    return (available[0], available[1]) if len(available) > 1 else (available[0], available[0])
+
+
+def start_server(teacher: Path, port: int, core: int, log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "lnpt.shared.cli", "serve", "--checkpoint", str(teacher), "--insecure",
+           "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "-1", "--set", "batcher.threads=1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    with open(log, "wb") as out:
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=lambda: os.sched_setaffinity(0, {core}))
+
+
+def supervised_steps_per_s(model, spec, images, labels, batch_size: int, steps: int, warmup: int, train_cfg) -> float:
+    """Plain cross-entropy training with labels through the same data path (order, augmentation)."""
+    import torch
+    import torch.nn.functional as F
+
+    from lnpt.edge.training.augment import batch_generator, random_crop_flip
+    from lnpt.edge.training.trainer import epoch_order
+    from lnpt.shared.data import normalize
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=train_cfg.lr, momentum=train_cfg.momentum,
+                                weight_decay=train_cfg.weight_decay, nesterov=True)
+    order = epoch_order(0, 0, len(images))
+    model.train()
+    started = 0.0
+    for step in range(warmup + steps):
+        if step == warmup:
+            started = time.perf_counter()
+        indices = order[step * batch_size:(step + 1) * batch_size]
+        batch = random_crop_flip(images.batch(indices), batch_generator(0, 0, step))
+        loss = F.cross_entropy(model(normalize(batch, spec)), labels[indices])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return steps / (time.perf_counter() - started)
+
+
+def guided(student_path, images, address: str, steps: int, batch_size: int, prefetch: int):
+    from lnpt.edge.guidance import GuidanceClient
+    from lnpt.edge.student import load_student
+    from lnpt.edge.training.trainer import GuidedTrainer
+    from lnpt.shared.config import load_config
+
+    config = load_config(None, [f"train.max_steps={steps}", f"train.batch_size={batch_size}",
+                                "train.checkpoint_every=0", f"client.prefetch={prefetch}", "client.insecure=true"])
+    model, record = load_student(student_path)
+    with GuidanceClient.from_config(config.client, address) as client:
+        trainer = GuidedTrainer(model, record.input_spec, images, client, train=config.train,
+                                objective=config.objective, teacher_version=client.version, progress=False)
+        result = trainer.run()
+        return result, dict(client.stats)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from lnpt.edge.guidance import GuidanceClient, RetryPolicy
+    from lnpt.edge.student import load_student, save_student
+    from lnpt.edge.training.sources import ImageSource
+    from lnpt.shared.checkpoint import save_model
+    from lnpt.shared.config import load_config
+    from lnpt.shared.data import FASHION_MNIST_CLASSES, FASHION_MNIST_SPEC, load_fashion_mnist
+    from lnpt.shared.zoo import build_model
+
+    server_core, trainer_core = cores()
+    os.sched_setaffinity(0, {trainer_core})
+    torch.set_num_threads(1)
+    needed = (args.warmup + max(args.steps, args.warmup)) * args.batch_size
+    all_images, all_labels = load_fashion_mnist(train=True)
+    images = ImageSource(all_images[:needed], FASHION_MNIST_SPEC, "fashion-mnist:train")
+    labels = all_labels[:needed]
+    classes = list(FASHION_MNIST_CLASSES)
+    rss_before_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # torch + data, before any training
+    with tempfile.TemporaryDirectory(prefix="lnpt-bench-train-") as tmp:
+        tmp = Path(tmp)
+        torch.manual_seed(0)
+        save_model(tmp / "T.pt", build_model(args.model, 10, FASHION_MNIST_SPEC), kind="teacher",
+                   input_spec=FASHION_MNIST_SPEC, class_names=classes)
+        save_student(tmp / "S.pt", build_model(args.model, 10, FASHION_MNIST_SPEC), input_spec=FASHION_MNIST_SPEC,
+                     class_names=classes)
+        from socket import socket
+
+        with socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = start_server(tmp / "T.pt", port, server_core, tmp / "server.log")
+        model, _ = load_student(tmp / "S.pt")
+        supervised = lambda: supervised_steps_per_s(  # noqa: E731
+            model, FASHION_MNIST_SPEC, images, labels, args.batch_size, args.steps, args.warmup, load_config().train)
+        try:
+            address = f"127.0.0.1:{port}"
+            GuidanceClient(address, insecure=True, retry=RetryPolicy(60, 60, 0.2, 1.0)).info  # wait until serving
+            guided(tmp / "S.pt", images, address, args.warmup, args.batch_size, args.prefetch)  # warm both sides
+            # Alternate short rounds (supervised, guided, ...): drift in machine load hits both sides alike.
+            sup_runs, guided_runs, waits, reconnects = [], [], [], 0
+            for _ in range(args.rounds):
+                sup_runs.append(supervised())
+                result, stats = guided(tmp / "S.pt", images, address, args.steps, args.batch_size, args.prefetch)
+                guided_runs.append(result.steps / result.seconds)
+                waits.append((stats["wait_seconds"] / result.seconds, result.target_wait_seconds / result.seconds))
+                reconnects += stats["reconnects"]
+        finally:
+            server.terminate()
+            server.wait(30)
+    ratios = sorted(g / u for g, u in zip(guided_runs, sup_runs))
+    sup, guided_rate = statistics.median(sup_runs), statistics.median(guided_runs)
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out = {
+        "model": args.model, "batch_size": args.batch_size, "steps": args.steps, "prefetch": args.prefetch,
+        "server_core": server_core, "trainer_core": trainer_core,
+        "guided_steps_per_s": guided_rate, "supervised_steps_per_s": sup,
+        "guided_over_supervised": statistics.median(ratios), "ratio_per_round": ratios,
+        "target_wait_fraction": statistics.median(w[0] for w in waits),
+        "loop_wait_fraction": statistics.median(w[1] for w in waits), "rounds": args.rounds, "reconnects": reconnects,
+        "peak_rss_mb": peak_rss_mb, "rss_before_training_mb": rss_before_mb,
+    }
+    text = "\n".join([
+        f"lnpt bench train: {args.model}, batch {args.batch_size}, {args.rounds} rounds of {args.steps} steps per mode, "
+        f"server on core {server_core}, trainer on core {trainer_core}",
+        f"{'mode':<28}{'steps/s':>10}{'ratio':>8}",
+        f"{'supervised (labels)':<28}{sup:>10.2f}{1.0:>8.2f}",
+        f"{'guided (live server)':<28}{guided_rate:>10.2f}{out['guided_over_supervised']:>8.2f}",
+        f"guided/supervised per round: {', '.join(f'{r:.2f}' for r in ratios)} (median above)",
+        f"waited for targets: {out['target_wait_fraction']:.1%} of guided time "
+        f"(training loop blocked: {out['loop_wait_fraction']:.1%})",
+        f"peak RSS {peak_rss_mb:.0f} MB ({rss_before_mb:.0f} MB already after importing torch and loading "
+        f"Fashion-MNIST; training adds {peak_rss_mb - rss_before_mb:.0f} MB)",
+    ])
+    emit(args, out, text)
+    return 0

@@ -1,0 +1,19 @@
+"""Smoke test of `lnpt bench train --format json` (tiny settings; the figures are not checked)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+
+def test_bench_train_prints_one_json_object_with_the_ratio_and_peak_rss():
+    done = subprocess.run([sys.executable, "-m", "lnpt.shared.cli", "bench", "train", "--model", "lenet5",
+                           "--steps", "3", "--warmup", "2", "--rounds", "1", "--format", "json"],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    for key in ("guided_over_supervised", "peak_rss_mb", "target_wait_fraction", "guided_steps_per_s",
+                "supervised_steps_per_s"):
+        assert result[key] > 0 or key == "target_wait_fraction", (key, result)
+    assert result["reconnects"] == 0
