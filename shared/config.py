@@ -142,7 +142,7 @@ class TrainConfig:
     schedule: str = field(default="cosine", metadata=choice("cosine", "constant"))
     augment: bool = True
     checkpoint_every: int = field(default=200, metadata=at_least(0))  # steps; 0 = only per epoch
-    target_cache: str = ""  # folder for cached targets of un-augmented samples; empty = off
+    target_cache: str = ""  # folder for cached targets of un-augmented samples (turns augment off); empty = off
     max_steps: int = field(default=0, metadata=at_least(0))  # 0 = no limit (for quick runs)
     seed: int = 0
     threads: int = field(default=0, metadata=at_least(0))  # torch threads; 0 = torch default
