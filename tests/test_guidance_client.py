@@ -168,10 +168,13 @@ def test_several_addresses_are_balanced_round_robin_by_grpc(teacher_path, images
         channel_target(["teacher-a:1", "teacher-b:2"])
     with running_server(teacher_path) as a, running_server(teacher_path) as b:
         client = GuidanceClient([a.address, b.address], insecure=True, retry=FAST_RETRY)
-        for _ in range(8):  # each call is a new stream; round_robin spreads them
+        served = lambda: [s.server.metrics.registry.get_sample_value("lnpt_requests_total") or 0  # noqa: E731
+                          for s in (a, b)]
+        for _ in range(40):  # each call is a new stream; round_robin spreads them once both are connected
             client.targets(images[:4])
-        served = [s.server.metrics.registry.get_sample_value("lnpt_requests_total") or 0 for s in (a, b)]
-        assert sum(served) == 8 and min(served) >= 2, served
+            if min(served()) >= 3:
+                break
+        assert min(served()) >= 3, served()
         a.stop()  # one replica goes away: the channel keeps serving from the other
         for _ in range(4):
             assert client.targets(images[:4])[0].shape == (4, 84)
