@@ -106,8 +106,10 @@ def run_teacher_train(args: argparse.Namespace) -> int:
         if value is not None:
             overrides.append(f"{key}={toml_value(value)}")
     config = config_from_args(args, overrides)
+    from lnpt.cloud.logs import setup_logging
     from lnpt.cloud.teacher_train import train_teacher
 
+    setup_logging(config.server.log_format)
     result = train_teacher(config, args.out, device=args.device, json_lines=args.format == "json")
     if result is None:  # a non-zero rank under torchrun: rank 0 reports
         return 0

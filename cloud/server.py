@@ -142,7 +142,7 @@ class GuidanceServer:
             log.warning("grace period over with %d streams still open; cancelling them", self.servicer.open_streams)
         # What is left are health watches and the odd unary call: a short grace lets them see NOT_SERVING.
         if self.server is not None:
-            await self.server.stop(max(0.0, min(0.5, deadline - time.monotonic())))
+            await self.server.stop(max(0.0, min(0.1, deadline - time.monotonic())))
         if self.batcher is not None:
             await self.batcher.stop()
         self.metrics.close()
