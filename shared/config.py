@@ -81,6 +81,8 @@ class TeacherConfig:
     momentum: float = field(default=0.9, metadata=between(0, 1))
     weight_decay: float = field(default=5e-4, metadata=at_least(0))
     train_samples: int = field(default=0, metadata=at_least(0))  # 0 = all
+    test_samples: int = field(default=0, metadata=at_least(0))  # per-epoch evaluation; 0 = the whole test set
+    augment: bool = True  # random crop (padding 2) and horizontal flip
     seed: int = 0
 
 
