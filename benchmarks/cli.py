@@ -10,7 +10,8 @@ import argparse
 from lnpt.shared.cli import optional_module
 
 BENCH_MODULES = ("lnpt.benchmarks.serve", "lnpt.benchmarks.prune", "lnpt.benchmarks.train",
-                 "lnpt.benchmarks.export", "lnpt.benchmarks.reliability")
+                 "lnpt.benchmarks.export", "lnpt.benchmarks.reliability",
+                 "lnpt.benchmarks.grid")
 COMMAND_MODULES = ("lnpt.benchmarks.demo", "lnpt.benchmarks.analyze")
 
 

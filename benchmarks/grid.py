@@ -1,0 +1,406 @@
+"""`lnpt bench grid`: pruning score x training objective x sparsity, test accuracy over seeds.
+
+Experiments 2 and 3 of the method (docs/RESULTS.md):
+- every score {lnpt, snip, grasp, synflow, magnitude, random} prunes the same seeded student before
+  training (snip and grasp with labels, lnpt with the teacher's targets, the rest data-free);
+- each pruned student is trained twice from the very same weights and masks, with the same data order,
+  optimizer, schedule and epochs: once label-free (learning gap + KD against a local teacher's
+  targets, no label anywhere) and once supervised (cross-entropy on labels);
+- references: the dense teacher, and the dense student trained both ways.
+Teacher targets are computed once per training set (augmentation is off). Every finished run is
+appended to OUT/grid.json (atomic writes), so an interrupted grid continues where it stopped; the
+Markdown table OUT/grid.md and the plot OUT/grid.png are rewritten from it at the end.
+
+Profiles: tiny (a smoke test), quick (about half an hour on two CPU cores: LeNet-5 student and
+teacher, a 10k-image subset, 4 epochs), full (GPU: ResNet-20 student, ResNet-32 teacher, all data).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from lnpt.shared.cli import add_format_option, emit
+
+SCORES = ("lnpt", "snip", "grasp", "synflow", "magnitude", "random")
+TRAININGS = ("guided", "supervised")
+DENSE = "dense"
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    student: str
+    teacher: str
+    teacher_train_samples: int  # 0 = all 60k
+    teacher_epochs: int
+    train_samples: int  # the student's (edge) training set; 0 = all
+    test_samples: int  # 0 = the whole 10k test set
+    epochs: int
+    batch_size: int = 64
+    # SGD learning rate per arm, each the best of {0.01, 0.02, 0.05} for the dense quick student: the
+    # guided objective's KD term (tau^2 = 16) makes its gradients larger, and it diverges at 0.05.
+    lr_guided: float = 0.01
+    lr_supervised: float = 0.05
+    prune_samples: int = 100  # 10 x classes, as in the paper
+    scores: tuple[str, ...] = SCORES
+    trainings: tuple[str, ...] = TRAININGS
+    sparsities: tuple[float, ...] = (0.9, 0.95, 0.98, 0.99)
+    seeds: tuple[int, ...] = (0, 1)
+    device: str = "cpu"
+    notes: str = field(default="", compare=False)
+
+
+PROFILES = {
+    "tiny": Profile("tiny", "lenet5", "lenet5", 1000, 1, train_samples=256, test_samples=256, epochs=1,
+                    prune_samples=32, scores=("lnpt", "magnitude"), sparsities=(0.9,), seeds=(0,),
+                    notes="smoke test only: numbers mean nothing"),
+    "quick": Profile("quick", "lenet5", "lenet5", 0, 10, train_samples=10000, test_samples=0, epochs=4,
+                     notes="2-core CPU: LeNet-5 teacher trained on all 60k labelled images for 10 epochs (the cloud), "
+                           "LeNet-5 students on a 10k-image subset (the edge), 4 epochs, no augmentation"),
+    "full": Profile("full", "resnet20", "resnet32", 0, 60, train_samples=0, test_samples=0, epochs=40,
+                    seeds=(0, 1, 2), device="cuda",
+                    notes="GPU: ResNet-32 teacher, ResNet-20 students on all 60k images, 40 epochs"),
+}
+
+
+def register(actions: argparse._SubParsersAction) -> None:
+    parser = actions.add_parser("grid", help="accuracy grid: score x guided/supervised training x sparsity",
+                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=tuple(PROFILES), default="quick",
+                        help="size of the grid (default quick: ~30 min on 2 CPU cores)")
+    parser.add_argument("--out", help="output folder for grid.json/.md/.png and the cached teacher "
+                                      "(default results/grid-PROFILE)")
+    parser.add_argument("--teacher", help="an existing teacher file (default: OUT/teacher.pt, trained once "
+                                          "with the cloud recipe when missing)")
+    parser.add_argument("--device", help="cpu or cuda (default: the profile's)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default 0 = torch's choice)")
+    parser.add_argument("--scores", help="comma-separated subset of the scores (default: the profile's)")
+    parser.add_argument("--sparsities", help="comma-separated sparsities, e.g. 0.9,0.95 (default: the profile's)")
+    parser.add_argument("--seeds", type=int, help="number of seeds 0..N-1 (default: the profile's)")
+    parser.add_argument("--epochs", type=int, help="student epochs (default: the profile's)")
+    parser.add_argument("--train-samples", type=int, help="student training images (default: the profile's)")
+    parser.add_argument("--fresh", action="store_true", help="discard OUT/grid.json instead of resuming it")
+    add_format_option(parser)
+    parser.set_defaults(handler=run)
+
+
+def profile_from_args(args: argparse.Namespace) -> Profile:
+    from lnpt.benchmarks.experiment import ExperimentError
+
+    profile = PROFILES[args.profile]
+    changes: dict[str, Any] = {}
+    if args.scores:
+        scores = tuple(s.strip() for s in args.scores.split(",") if s.strip())
+        unknown = [s for s in scores if s not in SCORES]
+        if unknown or not scores:
+            raise ExperimentError(f"--scores {args.scores!r}: choose from {', '.join(SCORES)}")
+        changes["scores"] = scores
+    if args.sparsities:
+        try:
+            sparsities = tuple(float(s) for s in args.sparsities.split(","))
+        except ValueError:
+            raise ExperimentError(f"--sparsities {args.sparsities!r}: give numbers like 0.9,0.95") from None
+        if not sparsities or any(not 0 < s < 1 for s in sparsities):
+            raise ExperimentError(f"--sparsities {args.sparsities!r}: each must lie strictly between 0 and 1")
+        changes["sparsities"] = sparsities
+    for name in ("seeds", "epochs", "train_samples"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "train_samples" else 1):
+            raise ExperimentError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if args.seeds:
+        changes["seeds"] = tuple(range(args.seeds))
+    if args.epochs:
+        changes["epochs"] = args.epochs
+    if args.train_samples is not None:
+        changes["train_samples"] = args.train_samples
+    if args.device:
+        changes["device"] = args.device
+    return replace(profile, **changes)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    profile = profile_from_args(args)
+    out = Path(args.out or f"results/grid-{profile.name}")
+    result = run_grid(profile, out, teacher_path=Path(args.teacher) if args.teacher else None, fresh=args.fresh)
+    emit(args, result, f"{result['markdown']}\nwrote {out / 'grid.json'}, {out / 'grid.md'}, {out / 'grid.png'}")
+    return 0
+
+
+# --- the grid --------------------------------------------------------------------------------------
+
+def run_key(score: str, training: str, sparsity: float, seed: int) -> str:
+    return f"{score}|{training}|{sparsity:g}|{seed}"
+
+
+def planned_runs(profile: Profile) -> list[tuple[str, str, float, int]]:
+    """Seed by seed (a stopped grid has complete seeds first), dense references first."""
+    runs = []
+    for seed in profile.seeds:
+        runs += [(DENSE, training, 0.0, seed) for training in profile.trainings]
+        runs += [(score, training, sparsity, seed) for sparsity in profile.sparsities
+                 for score in profile.scores for training in profile.trainings]
+    return runs
+
+
+def recipe_of(profile: Profile, teacher_version: str) -> dict[str, Any]:
+    """What decides a run's numbers; a stored grid is resumed only under the same recipe."""
+    keep = ("student", "teacher", "train_samples", "test_samples", "epochs", "batch_size", "lr_guided",
+            "lr_supervised", "prune_samples")
+    return {**{k: asdict(profile)[k] for k in keep}, "teacher_version": teacher_version, "augment": False,
+            "optimizer": "sgd nesterov momentum 0.9, weight decay 5e-4, cosine schedule"}
+
+
+def load_store(path: Path, recipe: dict[str, Any], fresh: bool) -> dict[str, Any]:
+    import json
+
+    from lnpt.benchmarks.experiment import ExperimentError
+
+    if fresh or not path.is_file():
+        return {"recipe": recipe, "references": {}, "runs": {}}
+    try:
+        store = json.loads(path.read_text())
+        stored = store["recipe"]
+        store["runs"], store["references"]  # noqa: B018 - both must be there
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ExperimentError(f"{path} is not a grid result file ({exc}); move it away or pass --fresh") from None
+    if stored != recipe:
+        differing = sorted(k for k in set(stored) | set(recipe) if stored.get(k) != recipe.get(k))
+        raise ExperimentError(f"{path} was made with a different recipe ({', '.join(differing)} differ); "
+                              f"use another --out, or --fresh to start over")
+    return store
+
+
+def run_grid(profile: Profile, out: Path, teacher_path: Path | None = None, fresh: bool = False,
+             progress: bool = True) -> dict[str, Any]:
+    import sys
+
+    import torch
+    from tqdm import tqdm
+
+    from lnpt.benchmarks import experiment as ex
+    from lnpt.edge.pruning.teacher_source import local_teacher
+
+    device = torch.device(profile.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ex.ExperimentError(f"profile {profile.name} asks for cuda but no GPU is visible; pass --device cpu")
+    out.mkdir(parents=True, exist_ok=True)
+    teacher_path = teacher_path or out / "teacher.pt"
+    if not teacher_path.is_file() and teacher_path != out / "teacher.pt":
+        raise ex.ExperimentError(f"teacher file {teacher_path} does not exist; omit --teacher to train one")
+    trained = ex.ensure_teacher(teacher_path, profile.teacher, profile.teacher_train_samples,
+                                profile.teacher_epochs, profile.device)
+    teacher = local_teacher(str(teacher_path))
+    spec = teacher.input_spec
+    train_x, train_y, test_x, test_y = ex.fashion_split(profile.train_samples, profile.test_samples)
+    guidance = ex.teacher_targets(teacher, train_x)  # once: the label-free arm reads only these
+    teacher_test = ex.teacher_targets(teacher, test_x)
+
+    store_path = out / "grid.json"
+    store = load_store(store_path, recipe_of(profile, teacher.version), fresh)
+    store["profile"] = {**asdict(profile), "name": profile.name}
+    store["teacher"] = {"path": str(teacher_path), "arch": teacher.arch, "version": teacher.version,
+                        "test_accuracy": float((teacher_test.logits.argmax(1) == test_y).float().mean()),
+                        "trained_now": trained is not None}
+    store["machine"] = machine()
+    ex.write_json(store_path, store)
+
+    plan = planned_runs(profile)
+    pending = [run for run in plan if run_key(*run) not in store["runs"]]
+    masks_cache: dict[tuple, tuple[dict, dict]] = {}
+    bar = tqdm(total=len(plan), initial=len(plan) - len(pending), unit="run", desc=f"grid {profile.name}",
+               disable=not progress, file=sys.stderr)
+    for score, training, sparsity, seed in pending:
+        bar.set_postfix_str(f"{score} {training} {sparsity:g} seed {seed}")
+        started = time.perf_counter()
+        student = fresh_student(profile, spec, seed)
+        prune_info: dict[str, Any] = {}
+        if score != DENSE:
+            key = (score, sparsity, seed)
+            if key not in masks_cache:  # both arms train the same pruned student
+                masks_cache.clear()
+                masks_cache[key] = prune(profile, student, score, sparsity, seed, teacher, train_x, train_y, spec)
+            masks, prune_info = masks_cache[key]
+            from lnpt.edge.student import apply_masks
+
+            apply_masks(student, masks)
+        student.to(device)
+        objective = ex.objective_for(training, student.feature_dim, teacher.feature_dim)
+        lr = profile.lr_guided if training == "guided" else profile.lr_supervised
+        try:
+            losses = ex.train(student, spec, train_x, ex.targets_for(training, guidance, train_y), objective,
+                              ex.Recipe(profile.epochs, profile.batch_size, lr), seed=seed, device=device)
+            diverged = False
+        except ex.ExperimentError:  # a failed run is a result too: recorded with what the model now scores
+            losses, diverged = [float("nan")], True
+        from lnpt.edge.student import sparsity as measured_sparsity
+
+        metrics = ex.measure(student, spec, test_x, test_y, teacher_test)
+        store["runs"][run_key(score, training, sparsity, seed)] = {
+            "score": score, "training": training, "sparsity": sparsity, "seed": seed,
+            "actual_sparsity": measured_sparsity(student), **metrics, "final_train_loss": losses[-1],
+            "lr": lr, "diverged": diverged,
+            "prune_seconds": prune_info.get("score_seconds", 0.0), "seconds": time.perf_counter() - started,
+        }
+        ex.write_json(store_path, store)  # after every run: an interrupted grid resumes here
+        bar.update(1)
+        bar.write(f"{score:>9} {training:>10} {sparsity:5.3g} seed {seed}: accuracy {metrics['accuracy']:.4f}",
+                  file=sys.stderr)
+    bar.close()
+    markdown = markdown_report(store, profile)
+    ex.write_text(out / "grid.md", markdown)
+    plot(store, profile, out / "grid.png")
+    return {"out": str(out), "profile": store["profile"], "teacher": store["teacher"], "recipe": store["recipe"],
+            "machine": store["machine"], "summary": summarise(store, profile), "runs": list(store["runs"].values()),
+            "markdown": markdown}
+
+
+def fresh_student(profile: Profile, spec, seed: int):
+    """The seed alone decides the initial weights: every score and both arms start from them."""
+    import torch
+
+    from lnpt.shared.data import FASHION_MNIST_CLASSES
+    from lnpt.shared.zoo import build_model
+
+    torch.manual_seed(seed)
+    return build_model(profile.student, len(FASHION_MNIST_CLASSES), spec)
+
+
+def prune(profile: Profile, student, score: str, sparsity: float, seed: int, teacher, train_x, train_y, spec):
+    """Masks of `score` at `sparsity` on the seeded student, scored with `prune_samples` training images:
+    lnpt sees the teacher's targets, snip/grasp the labels, the rest no data."""
+    from lnpt.edge.pruning.pipeline import (DATA_FREE, build_objective, make_batches, pick_samples,
+                                            prune_student, resolve_objective)
+    from lnpt.edge.student import current_masks
+    from lnpt.shared.config import ObjectiveConfig, PruneConfig
+
+    config = PruneConfig(score=score, sparsity=sparsity, seed=seed)
+    kind = resolve_objective(score, "auto", structured=False)
+    objective = build_objective(kind, ObjectiveConfig(), student.feature_dim, teacher.feature_dim)
+    batches = []
+    if score not in DATA_FREE:
+        chosen = pick_samples(len(train_x), profile.prune_samples, seed)
+        batches = (make_batches(train_x[chosen], spec, config.batch_size, teacher) if kind == "learning-gap"
+                   else make_batches(train_x[chosen], spec, config.batch_size, labels=train_y[chosen]))
+    report = prune_student(student, batches, config, objective, spec)
+    return current_masks(student), report
+
+
+def machine() -> dict[str, Any]:
+    import os
+    import platform
+
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
+            "torch": torch.__version__, "platform": platform.platform()}
+
+
+# --- reports ---------------------------------------------------------------------------------------
+
+def stats(values: list[float]) -> dict[str, float]:
+    import statistics
+
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values), "n": len(values)}
+
+
+def summarise(store: dict[str, Any], profile: Profile) -> dict[str, dict[str, Any]]:
+    """Accuracy over seeds per (score, training, sparsity): {"score|training|sparsity": stats}."""
+    groups: dict[str, list[float]] = {}
+    for run in store["runs"].values():
+        groups.setdefault(f"{run['score']}|{run['training']}|{run['sparsity']:g}", []).append(run["accuracy"])
+    return {key: stats(values) for key, values in sorted(groups.items())}
+
+
+def cell(summary: dict[str, Any], key: str) -> str:
+    s = summary.get(key)
+    if s is None:
+        return "–"
+    return f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}" + (f" (n={s['n']})" if s["n"] != 1 else " (n=1)")
+
+
+def markdown_report(store: dict[str, Any], profile: Profile) -> str:
+    summary = summarise(store, profile)
+    seeds = len(profile.seeds)
+    lines = [f"### Accuracy grid, profile `{profile.name}`", "",
+             f"Test accuracy (%) on {profile.test_samples or 10000} Fashion-MNIST test images, mean ± std over "
+             f"{seeds} seed(s) (n = runs finished). Student {profile.student}, teacher {profile.teacher} "
+             f"({100 * store['teacher']['test_accuracy']:.2f} %), {profile.train_samples or 'all'} training "
+             f"images, {profile.epochs} epoch(s), SGD lr {profile.lr_guided} guided / {profile.lr_supervised} supervised, "
+             f"prune samples {profile.prune_samples}. "
+             f"guided = label-free (learning gap + KD on teacher targets); supervised = cross-entropy on labels.",
+             "", "| score | training | " + " | ".join(f"{s:.0%}" if s < 0.99 else f"{s:.1%}"
+                                                      for s in profile.sparsities) + " |",
+             "|---|---|" + "---|" * len(profile.sparsities)]
+    for score in profile.scores:
+        for training in profile.trainings:
+            cells = [cell(summary, f"{score}|{training}|{s:g}") for s in profile.sparsities]
+            lines.append(f"| {score} | {training} | " + " | ".join(cells) + " |")
+    lines += ["", "| dense reference | accuracy (%) |", "|---|---|",
+              f"| teacher ({profile.teacher}) | {100 * store['teacher']['test_accuracy']:.2f} |"]
+    for training in profile.trainings:
+        lines.append(f"| student ({profile.student}), {training} | {cell(summary, f'{DENSE}|{training}|0')} |")
+    if set(TRAININGS) <= set(profile.trainings):
+        lines += ["", "Guided minus supervised (percentage points, mean over seeds):", "",
+                  "| score | " + " | ".join(f"{s:g}" for s in profile.sparsities) + " |",
+                  "|---|" + "---|" * len(profile.sparsities)]
+        for score in profile.scores:
+            diffs = []
+            for s in profile.sparsities:
+                g, u = summary.get(f"{score}|guided|{s:g}"), summary.get(f"{score}|supervised|{s:g}")
+                diffs.append("–" if g is None or u is None else f"{100 * (g['mean'] - u['mean']):+.2f}")
+            lines.append(f"| {score} | " + " | ".join(diffs) + " |")
+    if "guided" in profile.trainings and "lnpt" in profile.scores:
+        lines += ["", "Under guided training, rank of the lnpt score among the scores (1 = best mean accuracy):", "",
+                  "| sparsity | lnpt | best score | best accuracy (%) |", "|---|---|---|---|"]
+        for s in profile.sparsities:
+            means = {score: summary[f"{score}|guided|{s:g}"]["mean"] for score in profile.scores
+                     if f"{score}|guided|{s:g}" in summary}
+            if "lnpt" in means:
+                ranked = sorted(means, key=means.get, reverse=True)
+                lines.append(f"| {s:g} | {ranked.index('lnpt') + 1} of {len(ranked)} | {ranked[0]} | "
+                             f"{100 * means[ranked[0]]:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(store: dict[str, Any], profile: Profile, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lnpt.shared.checkpoint import atomic_write
+
+    summary = summarise(store, profile)
+    colours = dict(zip(SCORES, plt.get_cmap("tab10").colors))
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for score in profile.scores:
+        for training in profile.trainings:
+            points = [(s, summary[f"{score}|{training}|{s:g}"]) for s in profile.sparsities
+                      if f"{score}|{training}|{s:g}" in summary]
+            if points:
+                ax.errorbar([100 * s for s, _ in points], [100 * p["mean"] for _, p in points],
+                            yerr=[100 * p["std"] for _, p in points], color=colours[score], capsize=3, marker="o",
+                            linestyle="-" if training == "guided" else "--", label=f"{score}, {training}")
+    ax.axhline(100 * store["teacher"]["test_accuracy"], color="black", linewidth=1, label="dense teacher")
+    for training in profile.trainings:
+        dense = summary.get(f"{DENSE}|{training}|0")
+        if dense:
+            ax.axhline(100 * dense["mean"], color="grey", linewidth=1,
+                       linestyle="-" if training == "guided" else "--", label=f"dense student, {training}")
+    ax.set_xlabel("sparsity (%)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"lnpt accuracy grid ({profile.name}): solid = guided label-free, dashed = supervised")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="lower left")
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    plt.close(fig)
