@@ -104,7 +104,7 @@ def run_data_write_folder(args: argparse.Namespace) -> int:
     if args.limit:
         images, labels = images[: args.limit], labels[: args.limit]
     labels_arg = labels.tolist() if args.class_folders else None
-    write_image_folder(images, args.out, labels_arg, FASHION_MNIST_CLASSES)
+    write_image_folder(images, args.out, labels_arg, FASHION_MNIST_CLASSES, progress=True)
     print(f"wrote {len(images)} images to {args.out}")
     return 0
 

@@ -156,12 +156,13 @@ class UnlabeledImageFolder(Dataset):
 
 
 def write_image_folder(images: torch.Tensor, root: str | os.PathLike, labels: Sequence[int] | None = None,
-                       class_names: Sequence[str] | None = None) -> Path:
+                       class_names: Sequence[str] | None = None, progress: bool = False) -> Path:
     """Write uint8 (N, C, H, W) images as PNG files (into class sub-folders when labels are given)."""
     from PIL import Image
+    from tqdm import tqdm
 
     root = Path(root)
-    for i, image in enumerate(images):
+    for i, image in enumerate(tqdm(images, desc="writing images", unit="img", disable=not progress)):
         folder = root
         if labels is not None:
             label = int(labels[i])
