@@ -332,3 +332,33 @@ def test_health_goes_not_serving_on_drain_and_open_streams_finish(teacher_path):
         stopper.join(TIMEOUT)
         assert time.monotonic() - started < 10, "the drain waited for the whole grace period"
         channel.close()
+
+
+def test_lnpt_serve_process_logs_json_and_drains_on_sigterm(teacher_path, tmp_path):
+    import json
+
+    from servers import server_process
+
+    with server_process(teacher_path, ['server.log_format="json"'], log_path=tmp_path / "serve.log") as proc:
+        with grpc.insecure_channel(proc.address) as channel:
+            answers = guidance_pb2_grpc.GuidanceStub(channel).StreamTargets(iter([good(1)]), timeout=TIMEOUT)
+            assert [a.request_id for a in answers] == [1]
+        assert proc.terminate(timeout=20) == 0
+        logs = [json.loads(line) for line in proc.logs().splitlines() if line.startswith("{")]
+    messages = [entry["message"] for entry in logs]
+    assert any(m.startswith("serving lenet5") for m in messages)
+    assert any(m.startswith("draining") for m in messages) and messages[-1] == "stopped"
+    serving = next(entry for entry in logs if entry["message"].startswith("serving"))
+    assert serving["address"] == proc.address and serving["level"] == "info"
+
+
+def test_lnpt_serve_refuses_a_corrupt_checkpoint(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    done = subprocess.run([sys.executable, "-m", "lnpt.shared.cli", "serve", "--checkpoint", str(bad), "--insecure",
+                           "--port", "0", "--metrics-port", "-1"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert f"{bad}: not a readable lnpt model file" in done.stderr
