@@ -74,8 +74,10 @@ def ensure_teacher(path: Path, arch: str, train_samples: int, epochs: int, devic
 
 
 def teacher_targets(teacher, images: torch.Tensor, batch_size: int = 512) -> Targets:
-    """Teacher features and logits for every image, in order, and nothing else (no labels)."""
-    pairs = list(teacher.stream(list(adapt(images, teacher.input_spec).split(batch_size))))
+    """Teacher features and logits for every image, in order, and nothing else (no labels).
+    `teacher` is anything with `.targets(uint8 batch)` and `.input_spec` (shared.teacher.Teacher,
+    or a pruning TeacherSource)."""
+    pairs = [teacher.targets(chunk) for chunk in adapt(images, teacher.input_spec).split(batch_size)]
     return Targets(torch.cat([f for f, _ in pairs]), torch.cat([z for _, z in pairs]))
 
 
@@ -155,7 +157,19 @@ def measure(model: ZooNet, spec: InputSpec, images: torch.Tensor, labels: torch.
         if features.shape == teacher_test.features.shape:
             result["learning_gap"] = float(learning_gap(features, teacher_test.features, "mse"))
         result["teacher_agreement"] = float((logits.argmax(1) == teacher_test.logits.argmax(1)).float().mean())
+        result["cka_gap"] = 1.0 - linear_cka(features, teacher_test.features)
     return result
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear centred kernel alignment of two feature batches (N, D1), (N, D2) (Kornblith et al. 2019):
+    1 for representations equal up to rotation and scale. Unlike the mse gap it does not need the
+    two networks' neurons in the same order, so it also compares independently trained networks."""
+    x = (x - x.mean(0)).double()
+    y = (y - y.mean(0)).double()
+    cross = (x.T @ y).pow(2).sum()
+    norms = (x.T @ x).norm() * (y.T @ y).norm()
+    return float(cross / norms) if norms > 0 else 0.0
 
 
 def spearman(x, y) -> float:
