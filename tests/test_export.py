@@ -156,7 +156,7 @@ def test_sidecar_describes_input_classes_and_sparsity(exports):
                                                      "body.9.weight", "head.weight"}
     assert sidecar["sha256"] == hashlib.sha256(open(result["output"], "rb").read()).hexdigest()
     proto = onnx.load(result["output"])
-    assert proto.ir_version == 10  # onnxruntime 1.31 refuses onnx 1.23's default IR 14
+    assert proto.ir_version == 10 == sidecar["ir_version"]  # onnxruntime 1.31 refuses onnx 1.23's default IR 14
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
 
 
@@ -165,10 +165,11 @@ def test_student_files_are_never_modified(exports, students):
         assert sha256(path) == digest
 
 
-def test_cli_logits_only_with_ort_prints_one_json_object(students, tmp_path, capsys):
+def test_cli_logits_only_with_ort_prints_one_json_object(students, tmp_path, capsys, real_photo_folder):
+    """Verified on a folder of real photos (6 files, converted to the student's 28x28 grey)."""
     out = tmp_path / "app.onnx"
     code = main(["export", "--student", str(students["lenet90"][0]), "--out", str(out), "--storage", "sparse",
-                 "--logits-only", "--ort", "--verify-samples", "16", "--format", "json"])
+                 "--logits-only", "--ort", "--samples", str(real_photo_folder), "--format", "json"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert list(result["outputs"]) == ["logits"]
@@ -176,7 +177,8 @@ def test_cli_logits_only_with_ort_prints_one_json_object(students, tmp_path, cap
     assert result["ort_file"] == str(ort_file) and ort_file.is_file()
     session = ort.InferenceSession(str(ort_file), providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == ["logits"]
-    assert result["verification"]["sparse"]["batch_sizes"] == [1, 7, 16]
+    assert result["verification"]["sparse"]["batch_sizes"] == [1, 6, 7]
+    assert result["verification"]["sparse"]["samples"] == 6
 
 
 def test_verification_failure_writes_nothing(students, tmp_path):

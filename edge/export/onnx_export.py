@@ -18,9 +18,11 @@ from lnpt.shared.zoo import InputSpec, ZooNet
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("features", "logits")
-# onnx 1.23 stamps IR version 14 on models it writes; onnxruntime 1.31 refuses it (13 is its maximum).
-# IR 10 is what torch 2.14's exporter emits and every runtime we verify loads it.
-IR_VERSION = 10
+# onnx 1.23 stamps IR version 14 on models it rewrites, which onnxruntime 1.31 refuses (13 is its
+# maximum). So every file gets the lowest IR version its opsets allow, and never below 10 (what
+# torch 2.14's exporter emits).
+MIN_IR_VERSION = 10
+MAX_IR_VERSION = 13  # the newest that onnxruntime 1.31 loads
 MAX_PROTOBUF_BYTES = 2**31 - 1  # protobuf's hard limit for one self-contained file
 MAX_BATCH = 4096
 
@@ -75,7 +77,11 @@ def to_onnx(model: ZooNet, spec: InputSpec, *, opset: int, logits_only: bool = F
     kept = [info for info in proto.graph.value_info if info.name not in initializers]
     del proto.graph.value_info[:]
     proto.graph.value_info.extend(kept)
-    proto.ir_version = IR_VERSION
+    written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if written != opset:
+        raise ExportError(f"torch's exporter cannot write opset {opset} for {model.arch} (it wrote opset "
+                          f"{written}); choose --opset {written} or newer")
+    pin_ir_version(proto)
     return proto
 
 
@@ -92,9 +98,20 @@ def permanent_copy(model: ZooNet) -> ZooNet:
         return make_permanent(copy.deepcopy(model))
 
 
+def pin_ir_version(proto) -> int:
+    """Set the lowest IR version the model's opsets allow (at least 10); refuse what ORT cannot load."""
+    from onnx import helper
+
+    proto.ir_version = max(MIN_IR_VERSION, helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True))
+    if proto.ir_version > MAX_IR_VERSION:
+        raise ExportError(f"opsets {[(o.domain, o.version) for o in proto.opset_import]} need IR version "
+                          f"{proto.ir_version}; onnxruntime 1.31 loads at most {MAX_IR_VERSION}: choose a lower --opset")
+    return proto.ir_version
+
+
 def serialize(proto) -> bytes:
     """One self-contained file's bytes, with the IR version pinned (rewrites may have changed it)."""
-    proto.ir_version = IR_VERSION
+    pin_ir_version(proto)
     if proto.ByteSize() > MAX_PROTOBUF_BYTES:
         raise ExportError(f"the model is {proto.ByteSize() / 2**30:.2f} GiB; one ONNX file holds at most 2 GiB "
                           "(prune or quantize it further)")

@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from lnpt.edge.export.onnx_export import INPUT_NAME, IR_VERSION, ExportError, output_names
+from lnpt.edge.export.onnx_export import INPUT_NAME, ExportError, output_names
 
 SIDECAR_FORMAT = "lnpt-onnx-sidecar"
 SIDECAR_VERSION = 1
@@ -168,7 +168,7 @@ def export_student(student: str | Path, out: str | Path, options: ExportOptions,
         "student": str(student), "student_version": record.version, "arch": record.arch,
         "teacher_version": record.extra.get("teacher_version", ""), "structured": bool(record.extra.get("structured")),
         "output": str(out), "sidecar": str(sidecar_path(out)), "ort_file": None,
-        "storage": options.storage, "quantize": options.quantize, "opset": options.opset, "ir_version": IR_VERSION,
+        "storage": options.storage, "quantize": options.quantize, "opset": options.opset, "ir_version": artifact.ir_version,
         "input": input_description(spec),
         "outputs": {name: ["batch", model.feature_dim if name == "features" else model.num_classes]
                     for name in output_names(options.logits_only)},

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from lnpt.edge.export.onnx_export import INPUT_NAME, IR_VERSION, ExportError
+from lnpt.edge.export.onnx_export import INPUT_NAME, ExportError, pin_ir_version
 
 MODES = ("int8", "int8-static")
 
@@ -65,5 +65,5 @@ def quantize(proto, mode: str, calibration: np.ndarray | None = None):
         except Exception as exc:  # the quantizer raises many types
             raise ExportError(f"{mode} quantization failed: {type(exc).__name__}: {exc}") from exc
         quantized = onnx.load_model(target)
-    quantized.ir_version = IR_VERSION
+    pin_ir_version(quantized)
     return quantized
