@@ -122,7 +122,7 @@ def summary_text(r: dict) -> str:
         lines.append(f"  accuracy PyTorch {a['torch']:.3f}, ONNX {a['onnx']:.3f} on {a['samples']} Fashion-MNIST test images")
     if "ort" in r:
         ort = r["ort"]
-        lines.append(f"  .ort     {ort['file']} ({kb(ort['bytes'])}), verified" if "file" in ort
+        lines.append(f"  .ort     {r['ort_file']} ({kb(ort['bytes'])}), verified" if r["ort_file"]
                      else f"  .ort     skipped: {ort['skipped']}")
     lines.append(f"  runtimes {'; '.join(r['runtimes'])}")
     lines.append(f"  sidecar  {r['sidecar']}")

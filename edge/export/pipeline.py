@@ -100,10 +100,10 @@ def export_student(student: str | Path, out: str | Path, options: ExportOptions,
     from lnpt.edge.export import quantize as quant
     from lnpt.edge.export import sparse
     from lnpt.edge.export.onnx_export import serialize, to_onnx
-    from lnpt.edge.export.verify import accuracy, reference_outputs, session, verify
+    from lnpt.edge.export.verify import reference_outputs, verify
     from lnpt.edge.student import load_student
     from lnpt.shared.checkpoint import atomic_write
-    from lnpt.shared.data import FASHION_MNIST_CLASSES, load_fashion_mnist, normalize
+    from lnpt.shared.data import normalize
     from lnpt.shared.zoo import build_model
 
     student, out = Path(student), Path(out)
@@ -191,26 +191,42 @@ def export_student(student: str | Path, out: str | Path, options: ExportOptions,
     result["artifact_gzip_over_dense_size"] = result["sizes"]["artifact"]["gzip_bytes"] / dense_size
 
     if options.eval_fashion_mnist:
-        if tuple(record.class_names) != FASHION_MNIST_CLASSES:
-            raise ExportError("--eval-fashion-mnist needs a student trained on Fashion-MNIST's 10 classes; "
-                              f"this one has classes {record.class_names[:5]}...")
-        images, labels = load_fashion_mnist(train=False, root=options.data_root or None)
-        images, labels = normalize(images[:options.eval_fashion_mnist], spec), labels[:options.eval_fashion_mnist].numpy()
-        with torch.inference_mode():
-            torch_acc = float((model(images).argmax(1).numpy() == labels).mean())
-        result["accuracy"] = {"samples": len(labels), "torch": torch_acc,
-                              "onnx": accuracy(session(artifact_bytes, options.threads), images.numpy(), labels)}
+        result["accuracy"] = fashion_mnist_accuracy(model, record, artifact_bytes, options)
+
+    ort_bytes = None
+    if options.ort:  # before anything is written: a failed conversion leaves no half-finished set
+        stage("convert .ort")
+        result["ort"], ort_bytes = convert_to_ort(artifact_bytes, reference, quantized, check)
+        if ort_bytes is not None:
+            result["ort_file"] = str(out.with_suffix(".ort"))
+            result["runtimes"].append(f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider loading the "
+                                      ".ort file (ORT format for ONNX Runtime Mobile)")
 
     stage("write artifact")
     atomic_write(out, lambda f: f.write(artifact_bytes))
-    if options.ort:
-        stage("convert .ort")
-        result["ort"] = convert_to_ort(out, reference, quantized, check)
-        result["ort_file"] = result["ort"].get("file")
-        if "verification" in result["ort"]:
-            result["runtimes"].append(f"onnxruntime {onnxruntime.__version__} (ORT format, minimal-build compatible)")
+    if ort_bytes is not None:
+        atomic_write(out.with_suffix(".ort"), lambda f: f.write(ort_bytes))
     write_sidecar(result)
     return result
+
+
+def fashion_mnist_accuracy(model, record, artifact_bytes: bytes, options: ExportOptions) -> dict:
+    """Top-1 accuracy of PyTorch and of the artifact on the first N labeled Fashion-MNIST test images."""
+    import torch
+
+    from lnpt.edge.export.verify import accuracy, session
+    from lnpt.shared.data import FASHION_MNIST_CLASSES, adapt, load_fashion_mnist, normalize
+
+    if tuple(record.class_names) != FASHION_MNIST_CLASSES:
+        raise ExportError("--eval-fashion-mnist needs a student of Fashion-MNIST's 10 classes; "
+                          f"this one has classes {record.class_names[:5]}...")
+    images, labels = load_fashion_mnist(train=False, root=options.data_root or None)
+    count = options.eval_fashion_mnist
+    images, labels = normalize(adapt(images[:count], record.input_spec), record.input_spec), labels[:count].numpy()
+    with torch.inference_mode():
+        torch_accuracy = float((model(images).argmax(1).numpy() == labels).mean())
+    return {"samples": len(labels), "torch": torch_accuracy,
+            "onnx": accuracy(session(artifact_bytes, options.threads), images.numpy(), labels)}
 
 
 def input_description(spec) -> dict:
@@ -243,24 +259,21 @@ def compare_sparsity(student: dict, artifact, quantized: bool) -> dict:
                           for name in student["per_layer"]}}
 
 
-def convert_to_ort(onnx_path: Path, reference, quantized: bool, check: dict) -> dict:
-    """ORT-format file for ONNX Runtime Mobile beside `onnx_path`, verified; skipped when this
-    onnxruntime has no converter."""
+def convert_to_ort(onnx_bytes: bytes, reference, quantized: bool, check: dict) -> tuple[dict, bytes | None]:
+    """The model in ORT format for ONNX Runtime Mobile, verified like the .onnx file; a skip
+    message instead when this onnxruntime has no converter."""
     import importlib.util
-    import shutil
     import tempfile
 
     from lnpt.edge.export.verify import verify
-    from lnpt.shared.checkpoint import atomic_write
 
     if importlib.util.find_spec("onnxruntime.tools.convert_onnx_models_to_ort") is None:
-        return {"skipped": "this onnxruntime install has no onnxruntime.tools.convert_onnx_models_to_ort"}
+        return {"skipped": "this onnxruntime install has no onnxruntime.tools.convert_onnx_models_to_ort"}, None
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
-    target = onnx_path.with_suffix(".ort")
     with tempfile.TemporaryDirectory(prefix="lnpt-ort-") as tmp:
         source = Path(tmp) / "model.onnx"
-        shutil.copyfile(onnx_path, source)
+        source.write_bytes(onnx_bytes)
         chatter = io.StringIO()  # the converter prints to stdout, which must stay one JSON object
         try:
             with contextlib.redirect_stdout(chatter):
@@ -269,11 +282,10 @@ def convert_to_ort(onnx_path: Path, reference, quantized: bool, check: dict) -> 
             raise ExportError(f".ort conversion failed: {type(exc).__name__}: {exc} {chatter.getvalue()[-500:]}") from exc
         produced = next((Path(tmp) / "out").glob("*.ort"), None)
         if produced is None:
-            raise ExportError(".ort conversion produced no file")
+            raise ExportError(f".ort conversion produced no file: {chatter.getvalue()[-500:]}")
         data = produced.read_bytes()
     verification = verify(data, None, reference, quantized=quantized, what="the .ort file", **check)
-    atomic_write(target, lambda f: f.write(data))
-    return {"file": str(target), "bytes": len(data), "gzip_bytes": gzip_size(data), "verification": verification}
+    return {"bytes": len(data), "gzip_bytes": gzip_size(data), "verification": verification}, data
 
 
 def write_sidecar(result: dict) -> None:
