@@ -1,0 +1,300 @@
+"""`lnpt bench serve`: teacher throughput through the guidance server vs the raw forward, one run.
+
+Measured side by side on the same machine:
+- raw: `Teacher.targets` in-process at batch B (and B/4), one torch thread, pinned to core 0, run
+  before and after the served settings (the faster of the two counts);
+- served: `lnpt serve` pinned to core 0 (one torch thread), load from 1, 4 and 16 concurrent streams
+  (one connection each, 2 requests in flight per stream) sending uint8 batches of B/4, so the dynamic
+  batcher must merge them; the clients run pinned to core 1;
+- p50/p99 latency per request, and protobuf bytes per sample for uint8 vs float32 images and
+  float16 vs float32 targets.
+The default teacher is an untrained CIFAR ResNet-20 at 32x32 RGB: throughput does not depend on the
+weights. Target: served >= 0.9x raw samples/s with 16 streams (`ratio_16_streams`).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from lnpt.shared.cli import add_format_option, emit
+from lnpt.shared.errors import LnptError
+
+SERVER_CORE, CLIENT_CORE = 0, 1
+STREAM_COUNTS = (1, 4, 16)
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+def register(actions: argparse._SubParsersAction) -> None:
+    p = actions.add_parser("serve", help="served vs raw teacher throughput, latency and wire bytes",
+                           description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", metavar="T.pt", help="teacher to benchmark (default: untrained ResNet-20, 32x32 RGB)")
+    p.add_argument("--batch", type=int, default=64, help="teacher batch B; clients send B/4 per request (default 64)")
+    p.add_argument("--seconds", type=float, default=8.0, help="measured seconds per setting (default 8)")
+    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each setting (default 2)")
+    p.add_argument("--window", type=int, default=2, help="requests in flight per stream (default 2)")
+    add_format_option(p)
+    p.set_defaults(handler=run)
+
+
+def pin(core: int) -> bool:
+    """Pin this process to one core when the machine has it; False when it cannot."""
+    if not hasattr(os, "sched_setaffinity") or core not in os.sched_getaffinity(0):
+        return False
+    os.sched_setaffinity(0, {core})
+    return True
+
+
+def default_teacher(folder: Path) -> str:
+    import torch
+
+    from lnpt.shared.checkpoint import save_model
+    from lnpt.shared.zoo import InputSpec, build_model
+
+    torch.manual_seed(0)
+    spec = InputSpec(3, 32, CIFAR_MEAN, CIFAR_STD)
+    path = folder / "resnet20-untrained.pt"
+    save_model(path, build_model("resnet20", 10, spec), kind="teacher", input_spec=spec,
+               class_names=[f"class {i}" for i in range(10)])
+    return str(path)
+
+
+# --- raw forward (runs in a pinned subprocess: `python -m lnpt.benchmarks.serve raw ...`) -------------
+
+def raw_forward(checkpoint: str, batch: int, seconds: float, warmup: float) -> dict:
+    import torch
+
+    from lnpt.shared.teacher import Teacher
+
+    pinned = pin(SERVER_CORE)
+    torch.set_num_threads(1)
+    teacher = Teacher.load(checkpoint)
+    images = torch.randint(0, 256, (batch, *teacher.input_spec.shape), dtype=torch.uint8)
+    end_warmup = time.perf_counter() + warmup
+    while time.perf_counter() < end_warmup:
+        teacher.targets(images)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        teacher.targets(images)
+        count += batch
+    return {"samples_per_s": count / (time.perf_counter() - start), "pinned": pinned}
+
+
+def measure_raw(checkpoint: str, batch: int, seconds: float, warmup: float) -> dict:
+    done = subprocess.run([sys.executable, "-m", "lnpt.benchmarks.serve", "raw", checkpoint, str(batch),
+                           str(seconds), str(warmup)], capture_output=True, text=True, env=single_thread_env())
+    if done.returncode != 0:
+        raise RuntimeError(f"raw forward benchmark failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def single_thread_env() -> dict:
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+
+# --- served ------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(checkpoint: str, batch: int, log_path: Path) -> tuple[subprocess.Popen, str]:
+    """`lnpt serve` pinned to the server core with one torch thread; returns once health is SERVING."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "lnpt.shared.cli", "serve", "--checkpoint", checkpoint, "--insecure",
+           "--port", str(port), "--metrics-port", "-1", "--set", "batcher.threads=1",
+           "--set", f"batcher.max_batch_size={batch}", "--set", f"batcher.max_request_batch={batch}"]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=single_thread_env(),
+                                   preexec_fn=lambda: pin(SERVER_CORE))
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"lnpt serve exited with {process.returncode}: {log_path.read_text()[-2000:]}")
+        with grpc.insecure_channel(address) as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return process, address
+            except grpc.RpcError:
+                pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("lnpt serve did not become SERVING within 120 s")
+
+
+async def drive(address: str, streams: int, images, seconds: float, warmup: float, window: int) -> dict:
+    """`streams` concurrent streams, each with `window` requests in flight. Throughput counts the
+    answers that arrive inside the measured window; latency, the requests sent and answered in it."""
+    import grpc
+
+    from lnpt.cloud.server import channel_options
+    from lnpt.shared.protocol import guidance_pb2 as pb
+    from lnpt.shared.protocol import guidance_pb2_grpc
+
+    loop = asyncio.get_running_loop()
+    measure_from = loop.time() + warmup
+    stop_at = measure_from + seconds
+    latencies: list[float] = []
+    samples = 0
+    per_request = int(images.shape[0])
+
+    async def stream(index: int) -> None:
+        nonlocal samples
+        async with grpc.aio.insecure_channel(address, options=channel_options(64 * 1024 * 1024)) as channel:
+            call = guidance_pb2_grpc.GuidanceStub(channel).StreamTargets()
+            sent: list[float] = []
+            request_id = 0
+
+            async def send() -> None:
+                nonlocal request_id
+                request_id += 1
+                sent.append(loop.time())
+                await call.write(pb.TargetsRequest(request_id=request_id, images=images,
+                                                   target_dtype=pb.DTYPE_FLOAT16))
+
+            for _ in range(window):
+                await send()
+            while True:
+                reply = await call.read()
+                if reply is grpc.aio.EOF:
+                    raise RuntimeError("server ended a stream early")
+                now = loop.time()
+                started = sent.pop(0)
+                if measure_from <= now <= stop_at:  # throughput: answers that arrive in the window
+                    samples += per_request
+                    if started >= measure_from:  # latency: requests wholly inside the window
+                        latencies.append(now - started)
+                if now >= stop_at:
+                    break
+                await send()
+            await call.done_writing()
+            while await call.read() is not grpc.aio.EOF:
+                pass
+
+    await asyncio.gather(*(stream(i) for i in range(streams)))
+    latencies.sort()
+    return {"samples_per_s": samples / seconds, "requests": len(latencies),
+            "p50_ms": 1000 * percentile(latencies, 0.50), "p99_ms": 1000 * percentile(latencies, 0.99)}
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def wire_bytes(shape: tuple[int, ...], per_request: int, feature_dim: int, num_classes: int) -> dict:
+    """Protobuf bytes per sample of one request/response (without HTTP/2 framing)."""
+    import torch
+
+    from lnpt.shared.codec import encode
+    from lnpt.shared.protocol import guidance_pb2 as pb
+
+    pixels = torch.zeros(per_request, *shape, dtype=torch.uint8)
+    request = {name: len(pb.TargetsRequest(request_id=1, images=encode(t)).SerializeToString()) / per_request
+               for name, t in (("uint8", pixels), ("float32", pixels.float()))}
+    response = {}
+    for name, dtype in (("float16", torch.float16), ("float32", torch.float32)):
+        message = pb.TargetsResponse(request_id=1, features=encode(torch.zeros(per_request, feature_dim, dtype=dtype)),
+                                     logits=encode(torch.zeros(per_request, num_classes, dtype=dtype)),
+                                     teacher_id="resnet20", teacher_version="0123456789abcdef")
+        response[name] = len(message.SerializeToString()) / per_request
+    return {"request_uint8": request["uint8"], "request_float32": request["float32"],
+            "request_float32_over_uint8": request["float32"] / request["uint8"],
+            "response_float16": response["float16"], "response_float32": response["float32"]}
+
+
+def benchmark(checkpoint: str | None, batch: int, seconds: float, warmup: float, window: int) -> dict:
+    import torch
+
+    from lnpt.shared.checkpoint import load_model
+    from lnpt.shared.codec import encode
+
+    if batch < 4 or batch % 4:
+        raise LnptError(f"--batch must be a multiple of 4 (clients send B/4), got {batch}")
+    with tempfile.TemporaryDirectory(prefix="lnpt-bench-serve-") as tmp:
+        checkpoint = checkpoint or default_teacher(Path(tmp))
+        record = load_model(checkpoint, kind="teacher")
+        model = record.build(load_weights=False)
+        per_request = batch // 4
+        # Raw forward before and after the served runs; the faster one counts (a conservative ratio when
+        # other work on the machine slows one of them down).
+        raw_runs = [measure_raw(checkpoint, batch, seconds / 2, warmup)]
+        raw_small = measure_raw(checkpoint, per_request, seconds / 2, warmup / 2)
+        clients_pinned = pin(CLIENT_CORE)
+        torch.set_num_threads(1)
+        images = encode(torch.randint(0, 256, (per_request, *record.input_spec.shape), dtype=torch.uint8))
+        process, address = start_server(checkpoint, batch, Path(tmp) / "serve.log")
+        served = {}
+        try:
+            for streams in STREAM_COUNTS:
+                served[str(streams)] = asyncio.run(drive(address, streams, images, seconds, warmup, window))
+        finally:
+            process.terminate()
+            process.wait(30)
+        raw_runs.append(measure_raw(checkpoint, batch, seconds / 2, warmup))
+    raw = max(raw_runs, key=lambda run: run["samples_per_s"])
+    result = {
+        "teacher": record.arch, "input_shape": list(record.input_spec.shape), "batch": batch,
+        "request_batch": per_request, "window": window, "seconds": seconds,
+        "pinned": bool(raw["pinned"] and clients_pinned),
+        "raw_samples_per_s": raw["samples_per_s"],
+        "raw_runs_samples_per_s": [run["samples_per_s"] for run in raw_runs],
+        "raw_small_batch_samples_per_s": raw_small["samples_per_s"],
+        "served": served,
+        "wire_bytes_per_sample": wire_bytes(record.input_spec.shape, per_request, model.feature_dim, model.num_classes),
+    }
+    for streams in STREAM_COUNTS:
+        key = f"ratio_{streams}_stream" + ("s" if streams > 1 else "")
+        result[key] = served[str(streams)]["samples_per_s"] / raw["samples_per_s"]
+    return result
+
+
+def table(r: dict) -> str:
+    b = r["batch"]
+    lines = [
+        f"lnpt bench serve: {r['teacher']} {'x'.join(map(str, r['input_shape']))}, teacher batch B={b}, "
+        f"requests of B/4={r['request_batch']}, {r['window']} in flight per stream"
+        + ("" if r["pinned"] else "  (NOT pinned: fewer than 2 cores)"),
+        f"{'setting':<34}{'samples/s':>11}{'x raw':>8}{'p50 ms':>9}{'p99 ms':>9}",
+        f"{'raw forward, batch ' + str(b):<34}{r['raw_samples_per_s']:>11.1f}{1.0:>8.2f}   (faster of "
+        + ", ".join(f"{v:.1f}" for v in r["raw_runs_samples_per_s"]) + ")",
+        f"{'raw forward, batch ' + str(r['request_batch']):<34}{r['raw_small_batch_samples_per_s']:>11.1f}"
+        f"{r['raw_small_batch_samples_per_s'] / r['raw_samples_per_s']:>8.2f}",
+    ]
+    for streams, s in r["served"].items():
+        lines.append(f"{'served, ' + streams + ' stream' + ('s' if streams != '1' else ''):<34}"
+                     f"{s['samples_per_s']:>11.1f}{s['samples_per_s'] / r['raw_samples_per_s']:>8.2f}"
+                     f"{s['p50_ms']:>9.1f}{s['p99_ms']:>9.1f}")
+    w = r["wire_bytes_per_sample"]
+    lines += [
+        f"request bytes/sample: uint8 {w['request_uint8']:.0f}, float32 {w['request_float32']:.0f} "
+        f"({w['request_float32_over_uint8']:.2f}x)",
+        f"response bytes/sample: float16 {w['response_float16']:.0f}, float32 {w['response_float32']:.0f}",
+        f"ratio with 16 streams: {r['ratio_16_streams']:.3f} (target >= 0.9)",
+    ]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    result = benchmark(args.checkpoint, args.batch, args.seconds, args.warmup, args.window)
+    emit(args, result, table(result))
+    return 0
+
+
+if __name__ == "__main__" and len(sys.argv) == 6 and sys.argv[1] == "raw":
+    print(json.dumps(raw_forward(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))))
