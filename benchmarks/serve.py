@@ -46,9 +46,12 @@ def register(actions: argparse._SubParsersAction) -> None:
 
 def pin(core: int) -> bool:
     """Pin this process to one core when the machine has it; False when it cannot."""
-    if not hasattr(os, "sched_setaffinity") or core not in os.sched_getaffinity(0):
+    if not hasattr(os, "sched_setaffinity") or core >= (os.cpu_count() or 1):
         return False
-    os.sched_setaffinity(0, {core})
+    try:  # children inherit affinity, so a process pinned elsewhere may still move to `core`
+        os.sched_setaffinity(0, {core})
+    except OSError:
+        return False
     return True
 
 
