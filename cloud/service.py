@@ -206,6 +206,10 @@ class GuidanceServicer(guidance_pb2_grpc.GuidanceServicer):
                 await outbox.put(Accepted(request.request_id, target_dtype, future))
         except RequestError as exc:
             await outbox.put(exc)
+        except Exception as exc:  # e.g. bytes that do not parse as a TargetsRequest
+            log.warning("could not read a request: %s: %s", type(exc).__name__, exc)
+            await outbox.put(invalid(f"could not read the next request ({type(exc).__name__}: {exc}); "
+                                     "send lnpt.v1.TargetsRequest messages"))
 
     async def next_request(self, requests) -> pb.TargetsRequest | None:
         """The next request, None at the end of the stream; RequestError on drain or idle timeout."""

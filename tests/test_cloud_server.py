@@ -180,6 +180,7 @@ def malformed_cases(teacher: Teacher):
         ("unknown tensor field", pb.TargetsRequest(request_id=7).SerializeToString() + b"\x12"
          + varint(len(images_with_unknown)) + images_with_unknown,
          invalid, "images carries unknown field number(s) [10]"),
+        ("not a TargetsRequest", b"\xff\xff\xff", invalid, "Wire format was corrupt"),
     ]
 
 
@@ -255,6 +256,28 @@ def test_full_queue_answers_resource_exhausted(tmp_path):
         assert answered and answered == list(range(len(answered)))  # accepted requests were answered
         again = list(stub.StreamTargets(iter([pb.TargetsRequest(request_id=9, images=batch)]), timeout=TIMEOUT))
         assert [a.request_id for a in again] == [9]
+
+
+def test_stream_limit_and_idle_streams(teacher_path):
+    overrides = ["server.max_streams=1", "server.stream_idle_seconds=0.5"]
+    with running_server(teacher_path, overrides) as srv, grpc.insecure_channel(srv.address) as channel:
+        stub = guidance_pb2_grpc.GuidanceStub(channel)
+
+        def one_then_silence():
+            yield good(1)
+            time.sleep(TIMEOUT)
+
+        first = stub.StreamTargets(one_then_silence(), timeout=TIMEOUT)
+        assert next(first).request_id == 1
+        with pytest.raises(grpc.RpcError) as caught:  # a second stream while the first is open
+            list(stub.StreamTargets(iter([good(2)]), timeout=TIMEOUT))
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "server.max_streams" in caught.value.details()
+        with pytest.raises(grpc.RpcError) as caught:  # the silent stream is cut after 0.5 s
+            list(first)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "idle for 0.5 s" in caught.value.details()
+        assert [a.request_id for a in stub.StreamTargets(iter([good(3)]), timeout=TIMEOUT)] == [3]
 
 
 def fetch_metrics(port: int) -> str:
