@@ -75,7 +75,7 @@ def register_teacher(sub: argparse._SubParsersAction) -> None:
     train = actions.add_parser(
         "train", help="train a teacher on Fashion-MNIST with labels",
         description="Supervised SGD with momentum and a cosine schedule. Also runs under "
-                    "`torchrun --nproc_per_node=N lnpt teacher train ...` (DistributedDataParallel; "
+                    "`torchrun --standalone --nproc_per_node=N --no-python lnpt teacher train ...` (DistributedDataParallel; "
                     "gloo on CPU, nccl on GPU). Writes a teacher model file atomically.")
     train.add_argument("--model", help="zoo architecture (teacher.model), e.g. lenet5, resnet20, resnet18")
     train.add_argument("--epochs", type=int, help="teacher.epochs")
