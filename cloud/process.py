@@ -58,7 +58,8 @@ class ServerProcess:
     """One `lnpt serve` child on a fixed port (so a restart comes back at the same address).
 
     TLS is used when `cert`/`key` are given (clients verify against `ca_cert`); `client_ca` turns on
-    mutual TLS; `tokens_file` turns on bearer-token auth. `core` pins the process to one CPU.
+    mutual TLS (the health probe then presents `probe_cert`/`probe_key`); `tokens_file` turns on
+    bearer-token auth. `metrics_port` -1 turns /metrics off. `core` pins the process to one CPU.
     """
 
     checkpoint: str | os.PathLike
@@ -68,6 +69,9 @@ class ServerProcess:
     ca_cert: str | os.PathLike | None = None
     client_ca: str | os.PathLike | None = None
     tokens_file: str | os.PathLike | None = None
+    probe_cert: str | os.PathLike | None = None
+    probe_key: str | os.PathLike | None = None
+    metrics_port: int = -1
     overrides: Sequence[str] = ()
     core: int | None = None
     log_path: str | os.PathLike | None = None
@@ -84,7 +88,7 @@ class ServerProcess:
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "lnpt.shared.cli", "serve", "--checkpoint", str(self.checkpoint),
-               "--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", "-1",
+               "--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", str(self.metrics_port),
                "--set", "batcher.threads=1"]
         if self.tls:
             cmd += ["--cert", str(self.cert), "--key", str(self.key)]
@@ -99,10 +103,11 @@ class ServerProcess:
         return cmd
 
     def credentials(self) -> grpc.ChannelCredentials | None:
-        """Channel credentials a health probe can use (server-side TLS only; probes need no token)."""
+        """Channel credentials a health probe can use (probes need no token)."""
         if not self.tls:
             return None
-        return grpc.ssl_channel_credentials(Path(self.ca_cert).read_bytes() if self.ca_cert else None)
+        read = lambda path: Path(path).read_bytes() if path else None  # noqa: E731
+        return grpc.ssl_channel_credentials(read(self.ca_cert), read(self.probe_key), read(self.probe_cert))
 
     def start(self, timeout: float = 60) -> "ServerProcess":
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -145,6 +150,10 @@ class ServerProcess:
         """Kill (if running) and start again on the same port."""
         self.kill()
         return self.start(timeout)
+
+    def logs(self) -> str:
+        path = Path(self.log_path) if self.log_path else None
+        return path.read_text(errors="replace") if path and path.exists() else ""
 
     def __enter__(self) -> "ServerProcess":
         return self.start() if self.process is None else self

@@ -19,9 +19,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -31,6 +28,7 @@ from typing import Iterator, Sequence
 import grpc
 
 from lnpt.cloud.certs import TestPki
+from lnpt.cloud.process import ServerProcess, free_port, wait_serving
 from lnpt.cloud.server import GuidanceServer
 from lnpt.shared.config import Config, load_config
 
@@ -133,112 +131,17 @@ def running_server(checkpoint_path, overrides: Sequence[str] = (), tls: TestPki 
         server.stop()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_serving(address: str, credentials: grpc.ChannelCredentials | None = None, timeout: float = 60,
-                 process: subprocess.Popen | None = None) -> None:
-    """Poll grpc.health.v1 Check until SERVING; fails early when `process` exits."""
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + timeout
-    while True:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"server process exited with {process.returncode} before serving")
-        channel = grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.RpcError:
-            pass
-        finally:
-            channel.close()
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"server at {address} not SERVING after {timeout} s")
-        time.sleep(0.2)
-
-
-class ServerProcess:
-    """`lnpt serve` as a subprocess on a fixed port, so it can be killed and restarted in place."""
-
-    def __init__(self, checkpoint, overrides: Sequence[str], tls: TestPki | None, mutual: bool, port: int,
-                 log_path: Path):
-        self.checkpoint = str(checkpoint)
-        self.overrides = list(overrides)
-        self.tls = tls
-        self.mutual = mutual
-        self.port = port
-        self.log_path = log_path
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}" if self.tls is None else f"localhost:{self.port}"
-
-    def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "lnpt.shared.cli", "serve", "--checkpoint", self.checkpoint,
-               "--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", "-1",
-               "--set", "batcher.threads=1", "--set", "server.grace_seconds=5"]
-        if self.tls is None:
-            cmd.append("--insecure")
-        else:
-            cmd += ["--cert", str(self.tls.server_cert), "--key", str(self.tls.server_key)]
-            if self.mutual:
-                cmd += ["--client-ca", str(self.tls.ca_cert)]
-        for item in self.overrides:
-            cmd += ["--set", item]
-        return cmd
-
-    def credentials(self) -> grpc.ChannelCredentials | None:
-        if self.tls is None:
-            return None
-        chain = (self.tls.client_key.read_bytes(), self.tls.client_cert.read_bytes()) if self.mutual else (None, None)
-        return grpc.ssl_channel_credentials(self.tls.ca_cert.read_bytes(), *chain)
-
-    def start(self, timeout: float = 60) -> "ServerProcess":
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
-        try:
-            wait_serving(self.address, self.credentials(), timeout, self.process)
-        except BaseException:
-            self.kill()
-            raise
-        return self
-
-    def kill(self) -> None:
-        """SIGKILL: the server vanishes without draining (a crash)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(30)
-
-    def terminate(self, timeout: float = 30) -> int:
-        """SIGTERM: graceful drain; returns the exit code."""
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else 0
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
-
-    def restart(self, timeout: float = 60) -> "ServerProcess":
-        """Kill (if running) and start again on the same port."""
-        self.kill()
-        return self.start(timeout)
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
 @contextlib.contextmanager
 def server_process(checkpoint_path, overrides: Sequence[str] = (), tls: TestPki | None = None,
                    mutual: bool = False, port: int | None = None, log_path=None) -> Iterator[ServerProcess]:
     """`lnpt serve` in a subprocess, yielded once health says SERVING; killed at the end."""
     if log_path is None:
         log_path = Path(checkpoint_path).with_name(f"server-{os.getpid()}-{time.monotonic_ns()}.log")
-    proc = ServerProcess(checkpoint_path, overrides, tls, mutual, port or free_port(), Path(log_path))
+    pki = dict(cert=tls.server_cert, key=tls.server_key, ca_cert=tls.ca_cert) if tls else {}
+    if tls and mutual:
+        pki.update(client_ca=tls.ca_cert, probe_cert=tls.client_cert, probe_key=tls.client_key)
+    proc = ServerProcess(checkpoint_path, port=port or free_port(), log_path=Path(log_path),
+                         overrides=["server.grace_seconds=5", *overrides], **pki)
     proc.start()
     try:
         yield proc

@@ -18,7 +18,7 @@ def test_defaults_file_and_overrides(tmp_path):
     [
         ("[prune]\nsparsity = 1.5\n", "prune.sparsity = 1.5: must be at most 0.9999"),
         ('[prune]\nscore = "best"\n', "prune.score = 'best': expected one of 'lnpt', 'snip'"),
-        ("[prune]\nspars = 0.9\n", "prune.spars: unknown key; [prune] accepts: score, sparsity"),
+        ("[prune]\nspars = 0.9\n", "prune.spars: unknown key; [prune] accepts: score, objective, sparsity"),
         ("[pruning]\nsparsity = 0.9\n", "unknown section [pruning]"),
         ('[train]\nepochs = "ten"\n', "train.epochs = 'ten': expected an integer"),
         ("[train]\naugment = 1\n", "train.augment = 1: expected true or false"),
