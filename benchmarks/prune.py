@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from lnpt.edge.pruning.masks import prune_loop
     from lnpt.edge.pruning.pipeline import make_batches, pick_samples
     from lnpt.edge.pruning.scorers import LNPT, SNIP, SynFlow
-    from lnpt.edge.pruning.teacher_source import local_teacher
+    from lnpt.edge.teachers import LocalTeacher
     from lnpt.shared.checkpoint import save_model
     from lnpt.shared.data import FASHION_MNIST_CLASSES, FASHION_MNIST_SPEC, load_fashion_mnist
     from lnpt.shared.objectives import CrossEntropy, guided_objective
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         teacher_path = Path(folder) / "teacher.pt"
         save_model(teacher_path, build_model(args.teacher_model or args.model, 10, spec), kind="teacher",
                    input_spec=spec, class_names=list(FASHION_MNIST_CLASSES))
-        teacher = local_teacher(str(teacher_path))
+        teacher = LocalTeacher.load(teacher_path)
 
     def student():
         torch.manual_seed(0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -20,13 +21,10 @@ from lnpt.shared.codec import CodecError, decode, dtype_name, encode
 from lnpt.shared.config import Config
 from lnpt.shared.protocol import guidance_pb2 as pb
 from lnpt.shared.protocol import guidance_pb2_grpc
-from lnpt.shared.teacher import Teacher
+from lnpt.shared.teacher import INPUT_DTYPES, PROTOCOL_VERSION, TARGET_DTYPES, Teacher
 
 log = logging.getLogger("lnpt.cloud.service")
 
-PROTOCOL_VERSION = "lnpt.v1"
-INPUT_DTYPES = (pb.DTYPE_UINT8, pb.DTYPE_FLOAT16, pb.DTYPE_FLOAT32)
-TARGET_DTYPES = {pb.DTYPE_FLOAT32: torch.float32, pb.DTYPE_FLOAT16: torch.float16}
 END = object()  # the client closed its side of the stream
 
 
@@ -41,6 +39,11 @@ class RequestError(Exception):
 
 def invalid(message: str) -> RequestError:
     return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+@dataclass
+class WriteWatch:
+    since: float | None = None  # when the response now being written was handed to gRPC
 
 
 @dataclass
@@ -134,17 +137,7 @@ class GuidanceServicer(guidance_pb2_grpc.GuidanceServicer):
 
     async def GetTeacherInfo(self, request, context):
         await self.refuse_if_unavailable(context)
-        teacher, spec = self.teacher, self.teacher.input_spec
-        return pb.TeacherInfo(
-            protocol_version=PROTOCOL_VERSION, teacher_id=teacher.arch, teacher_version=teacher.version,
-            input_shape=list(spec.shape), input_dtype=pb.DTYPE_FLOAT32,
-            normalization=pb.Normalization(mean=list(spec.mean), std=list(spec.std)),
-            feature_dim=teacher.feature_dim, num_classes=teacher.num_classes,
-            class_names=teacher.record.class_names,
-            max_batch_size=self.config.batcher.max_request_batch,
-            max_message_bytes=self.config.server.max_message_bytes,
-            input_dtypes=list(INPUT_DTYPES), target_dtypes=list(TARGET_DTYPES),
-        )
+        return self.teacher.info(self.config.batcher.max_request_batch, self.config.server.max_message_bytes)
 
     async def StreamTargets(self, request_iterator, context):
         await self.refuse_if_unavailable(context)
@@ -158,6 +151,8 @@ class GuidanceServicer(guidance_pb2_grpc.GuidanceServicer):
         # Bounded: a client that sends faster than it reads waits (flow control) instead of filling memory.
         outbox: asyncio.Queue = asyncio.Queue(maxsize=self.config.server.stream_window)
         reader = asyncio.create_task(self.read_requests(request_iterator, outbox))
+        writes = WriteWatch()
+        watchdog = asyncio.create_task(self.cut_unread_stream(writes, asyncio.current_task(), context))
         try:
             while True:
                 item = await outbox.get()
@@ -170,13 +165,16 @@ class GuidanceServicer(guidance_pb2_grpc.GuidanceServicer):
                 except Exception as exc:  # the teacher failed on this batch
                     await self.fail(context, grpc.StatusCode.INTERNAL, f"teacher forward failed: {exc}")
                 self.metrics.samples.inc(int(features.shape[0]))
+                writes.since = time.monotonic()
                 yield pb.TargetsResponse(
                     request_id=item.request_id,
                     features=encode(features.to(item.target_dtype)), logits=encode(logits.to(item.target_dtype)),
                     teacher_id=self.teacher.arch, teacher_version=self.teacher.version,
                 )
+                writes.since = None
         finally:
             reader.cancel()
+            watchdog.cancel()
             while not outbox.empty():  # answers nobody will read
                 item = outbox.get_nowait()
                 if isinstance(item, Accepted):
@@ -185,6 +183,24 @@ class GuidanceServicer(guidance_pb2_grpc.GuidanceServicer):
             self.metrics.open_streams.dec()
             if self.open_streams == 0:
                 self.drained.set()
+
+    async def cut_unread_stream(self, writes: "WriteWatch", handler: asyncio.Task, context) -> None:
+        """End a stream whose client stopped reading: flow control holds a response back longer than
+        server.stream_idle_seconds. Without this it would hold its slot (server.max_streams) forever."""
+        idle = self.config.server.stream_idle_seconds
+        if not idle:
+            return
+        while True:
+            await asyncio.sleep(min(idle / 4, 1.0))
+            if writes.since is not None and time.monotonic() - writes.since > idle:
+                message = (f"client read no response for {idle:g} s (server.stream_idle_seconds); "
+                           "read the answers or close the stream")
+                self.metrics.errors.labels(code="DEADLINE_EXCEEDED").inc()
+                log.info("ending call: DEADLINE_EXCEEDED %s", message)
+                context.set_code(grpc.StatusCode.DEADLINE_EXCEEDED)
+                context.set_details(message)
+                handler.cancel()  # the handler waits inside gRPC's write; only cancelling frees it
+                return
 
     async def read_requests(self, request_iterator, outbox: asyncio.Queue) -> None:
         """Validate and queue each request; ends with END or the RequestError that ends the stream."""

@@ -26,12 +26,13 @@ from typing import Iterable, Iterator, Sequence
 import grpc
 import torch
 
-from lnpt.shared.codec import CodecError, decode, encode
 from lnpt.shared.errors import LnptError
 from lnpt.shared.protocol import guidance_pb2 as pb
 from lnpt.shared.protocol import guidance_pb2_grpc
+from lnpt.shared.teacher import PROTOCOL_VERSION
+from lnpt.edge.teachers import TargetSource, TeacherMismatch
+from lnpt.shared.codec import CodecError, decode, encode
 
-PROTOCOL_VERSION = "lnpt.v1"
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED,
              grpc.StatusCode.CANCELLED}
 AUTH_CODES = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
@@ -49,10 +50,6 @@ class GuidanceAuthError(GuidanceError):
 
 class GuidanceUnavailable(GuidanceError):
     """The server stayed unreachable for the whole retry budget."""
-
-
-class TeacherMismatch(GuidanceError):
-    """The teacher does not fit the student (input shape, classes, feature width or version)."""
 
 
 @dataclass
@@ -172,7 +169,7 @@ class _Call:
         self.responses.cancel()
 
 
-class GuidanceClient:
+class GuidanceClient(TargetSource):
     """Targets from a remote teacher: `info`, `check_student`, `targets(images)`, `stream(batches)`."""
 
     def __init__(
@@ -271,34 +268,7 @@ class GuidanceClient:
             self._info = info
         return self._info
 
-    @property
-    def version(self) -> str:
-        return self.info.teacher_version
-
-    def check_student(self, input_shape: Sequence[int], num_classes: int, feature_dim: int,
-                      projector: bool = False) -> None:
-        """Refuse a teacher whose inputs, classes or (without a projector) feature width differ.
-
-        Only the input *shape* must match: images travel as uint8 pixels and each side normalises
-        them with its own mean/std.
-        """
-        info = self.info
-        name = f"teacher {info.teacher_id} ({info.teacher_version}) at {self.where}"
-        if list(info.input_shape) != list(input_shape):
-            raise TeacherMismatch(f"{name} takes images {tuple(info.input_shape)} (C, H, W) but the student "
-                                  f"takes {tuple(input_shape)}; prune/train a student for the teacher's input")
-        if info.num_classes != num_classes:
-            raise TeacherMismatch(f"{name} has {info.num_classes} classes, the student {num_classes}; "
-                                  f"logit distillation needs the same classes")
-        if info.feature_dim != feature_dim and not projector:
-            raise TeacherMismatch(f"{name} has {info.feature_dim} penultimate features, the student "
-                                  f"{feature_dim}; use a student of the same width or enable a projector")
-
     # --- targets -------------------------------------------------------------------------------
-
-    def targets(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(features, logits) float32 for one uint8 (N, C, H, W) batch; blocking."""
-        return next(iter(self.stream([images])))
 
     def stream(self, batches: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Targets for each batch, in order, with up to `prefetch` batches requested ahead.
@@ -407,9 +377,3 @@ class GuidanceClient:
 
     def close(self) -> None:
         self.channel.close()
-
-    def __enter__(self) -> "GuidanceClient":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

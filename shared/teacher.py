@@ -11,6 +11,12 @@ import torch
 
 from lnpt.shared.checkpoint import ModelFile, load_model
 from lnpt.shared.data import normalize
+from lnpt.shared.protocol import guidance_pb2 as pb
+
+PROTOCOL_VERSION = "lnpt.v1"
+# Wire formats `targets` accepts for images and can return targets in.
+INPUT_DTYPES = (pb.DTYPE_UINT8, pb.DTYPE_FLOAT16, pb.DTYPE_FLOAT32)
+TARGET_DTYPES = {pb.DTYPE_FLOAT32: torch.float32, pb.DTYPE_FLOAT16: torch.float16}
 
 
 class Teacher:
@@ -41,6 +47,18 @@ class Teacher:
     @property
     def num_classes(self) -> int:
         return self.model.num_classes
+
+    def info(self, max_batch_size: int = 0, max_message_bytes: int = 0) -> pb.TeacherInfo:
+        """What a client needs to know about this teacher (GetTeacherInfo); limits 0 = none."""
+        spec = self.input_spec
+        return pb.TeacherInfo(
+            protocol_version=PROTOCOL_VERSION, teacher_id=self.arch, teacher_version=self.version,
+            input_shape=list(spec.shape), input_dtype=pb.DTYPE_FLOAT32,
+            normalization=pb.Normalization(mean=list(spec.mean), std=list(spec.std)),
+            feature_dim=self.feature_dim, num_classes=self.num_classes, class_names=self.record.class_names,
+            max_batch_size=max_batch_size, max_message_bytes=max_message_bytes,
+            input_dtypes=list(INPUT_DTYPES), target_dtypes=list(TARGET_DTYPES),
+        )
 
     @torch.inference_mode()
     def targets(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,7 @@ from lnpt.edge.pruning import scorers
 from lnpt.edge.pruning.masks import PruneError, floor_count, prune_loop, select_masks
 from lnpt.edge.pruning.pipeline import make_batches, make_scorer
 from lnpt.edge.pruning.report import density_report, format_table, write_chart, write_json
-from lnpt.edge.pruning.teacher_source import local_teacher
+from lnpt.edge.teachers import LocalTeacher
 from lnpt.edge.student import current_masks, load_student, make_permanent, prunable_modules, save_student, sparsity
 from lnpt.shared.checkpoint import save_model
 from lnpt.shared.data import FASHION_MNIST_CLASSES, FASHION_MNIST_SPEC, adapt, normalize
@@ -27,7 +27,7 @@ def teacher(tmp_path_factory):
     path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
     save_model(path, build_model("resnet20", 10, SPEC), kind="teacher", input_spec=SPEC,
                class_names=list(FASHION_MNIST_CLASSES))
-    return local_teacher(str(path))
+    return LocalTeacher.load(path)
 
 
 @pytest.fixture(scope="module")

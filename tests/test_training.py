@@ -23,7 +23,8 @@ from servers import free_port, make_teacher, running_server, server_process
 
 from lnpt.edge.student import load_student, prunable_modules, save_student
 from lnpt.edge.training.evaluate import evaluate
-from lnpt.edge.training.sources import ImageSource, LocalTargets
+from lnpt.edge.teachers import LocalTeacher
+from lnpt.edge.training.sources import ImageSource
 from lnpt.edge.training.trainer import GuidedTrainer, TrainingError
 from lnpt.shared.cli import main
 from lnpt.shared.config import load_config
@@ -72,7 +73,7 @@ def test_guided_training_learns_without_labels(teacher_path, student_path, fashi
     test_images, test_labels = fashion_test
     teacher = Teacher.load(teacher_path)
     before, _ = load_student(student_path)
-    start = evaluate(before, FASHION_MNIST_SPEC, test_images, test_labels, LocalTargets(teacher))
+    start = evaluate(before, FASHION_MNIST_SPEC, test_images, test_labels, LocalTeacher(teacher))
     out, log = tmp_path / "trained.pt", tmp_path / "log.jsonl"
     with running_server(teacher_path) as srv:
         rc = main(["train", "--student", str(student_path), "--teacher", srv.address, "--insecure",
@@ -82,7 +83,7 @@ def test_guided_training_learns_without_labels(teacher_path, student_path, fashi
     summary = json.loads(capsys.readouterr().out)
     assert summary["steps"] == 300 and summary["source_stats"]["responses"] == 300
     trained, record = load_student(out)
-    end = evaluate(trained, FASHION_MNIST_SPEC, test_images, test_labels, LocalTargets(teacher))
+    end = evaluate(trained, FASHION_MNIST_SPEC, test_images, test_labels, LocalTeacher(teacher))
     # Chance is 0.10 and the teacher reaches ~0.75; 300 guided steps from this seed reach ~0.72.
     # 0.5 leaves a wide margin (the student trails the teacher, it is far from chance) against noise.
     assert end["accuracy"] >= 0.5, end
@@ -152,7 +153,7 @@ def test_server_killed_mid_epoch_training_completes_without_repeating_or_skippin
 
 def test_resume_continues_exactly_where_the_run_stopped(teacher_path, student_path, fashion_train, tmp_path):
     images = ImageSource(fashion_train[0][:960], FASHION_MNIST_SPEC, "subset")  # 15 steps per epoch
-    source = LocalTargets(Teacher.load(teacher_path))
+    source = LocalTeacher(Teacher.load(teacher_path))
     config = train_config("train.epochs=2", "train.checkpoint_every=7").train
 
     def trainer(checkpoint, log=None):
@@ -278,7 +279,7 @@ def test_labels_in_folder_names_are_never_read(teacher_path, student_path, fashi
     # Same files, folders renamed to nonsense (sorted in the same order, so the file order is equal).
     for rank, folder in enumerate(sorted(p for p in named.iterdir())):
         shutil.copytree(folder, garbage / f"{rank:02d}-not-a-label-{'x' * rank}")
-    source = LocalTargets(Teacher.load(teacher_path))
+    source = LocalTeacher(Teacher.load(teacher_path))
     results = []
     for folder in (named, garbage):
         model, record = load_student(student_path)

@@ -83,7 +83,7 @@ def run_prune(args: argparse.Namespace) -> int:
     from lnpt.edge.pruning import pipeline
     from lnpt.edge.pruning.masks import PruneError
     from lnpt.edge.pruning.report import format_table, write_chart, write_json
-    from lnpt.edge.pruning.teacher_source import open_teacher
+    from lnpt.edge.teachers import open_teacher
     from lnpt.edge.student import save_student
     from lnpt.shared.zoo import MODEL_NAMES, build_model
 
@@ -91,20 +91,18 @@ def run_prune(args: argparse.Namespace) -> int:
     cfg = config.prune
     progress = sys.stderr.isatty()
     objective_kind = pipeline.resolve_objective(cfg.score, cfg.objective, cfg.structured > 0)
-    teacher_arg = args.teacher
-    if teacher_arg is None and objective_kind == "learning-gap":
-        teacher_arg = ",".join(config.client.addresses)
-    teacher = open_teacher(teacher_arg, config.client) if teacher_arg else None
+    needs_teacher = args.teacher is not None or objective_kind == "learning-gap"
+    teacher = open_teacher(args.teacher, config.client) if needs_teacher else None  # None: client.addresses
     try:
         spec, num_classes, class_names = student_shape(teacher, config.data)
-        arch = args.model or (teacher.arch if teacher else None)
+        arch = args.model or (teacher.info.teacher_id if teacher else None)
         if arch not in MODEL_NAMES:
             raise PruneError(f"--model {arch!r}: choose one of {', '.join(MODEL_NAMES)}"
                              if arch else "--model is needed when no teacher is given")
         torch.manual_seed(cfg.seed)
         model = build_model(arch, num_classes, spec)
         objective = pipeline.build_objective(objective_kind, config.objective, model.feature_dim,
-                                             teacher.feature_dim if teacher else None)
+                                             teacher.info.feature_dim if teacher else None)
         batches = []
         if objective is not None:
             images, labels = load_samples(args.data, spec, cfg.samples or 10 * num_classes, cfg.seed,
@@ -137,7 +135,7 @@ def student_shape(teacher, data_config):
     from lnpt.shared.zoo import InputSpec
 
     if teacher is not None:
-        return teacher.input_spec, teacher.num_classes, teacher.class_names
+        return teacher.input_spec, teacher.info.num_classes, teacher.class_names
     channels = data_config.channels
     spec = InputSpec(channels, data_config.size, FASHION_MNIST_SPEC.mean * channels,
                      FASHION_MNIST_SPEC.std * channels)

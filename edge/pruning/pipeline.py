@@ -14,7 +14,7 @@ from tqdm import tqdm
 from lnpt.edge.pruning import scorers
 from lnpt.edge.pruning.masks import PruneError, prune_loop
 from lnpt.edge.pruning.report import density_report
-from lnpt.edge.pruning.teacher_source import TeacherSource
+from lnpt.edge.teachers import TargetSource
 from lnpt.shared.data import adapt, normalize
 from lnpt.shared.objectives import CrossEntropy, Objective, Targets, objective_from_config
 from lnpt.shared.zoo import InputSpec, ZooNet
@@ -49,7 +49,7 @@ def pick_samples(count: int, wanted: int, seed: int) -> torch.Tensor:
     return torch.randperm(count, generator=generator)[: min(wanted, count)]
 
 
-def make_batches(images: torch.Tensor, spec: InputSpec, batch_size: int, teacher: TeacherSource | None = None,
+def make_batches(images: torch.Tensor, spec: InputSpec, batch_size: int, teacher: TargetSource | None = None,
                  labels: torch.Tensor | None = None, progress: bool = False) -> list[tuple[torch.Tensor, Targets]]:
     """Model inputs and targets for uint8 `images`: teacher features/logits when `teacher` is given
     (fetched once, in order, pipelined when remote), labels only for the supervised baselines."""

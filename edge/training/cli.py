@@ -38,18 +38,6 @@ def client_overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def open_teacher(teacher: str | None, config, expected_version: str = ""):
-    """A teacher model file -> LocalTargets; anything else -> GuidanceClient for those addresses."""
-    if teacher and Path(teacher).is_file():
-        from lnpt.edge.training.sources import LocalTargets
-        from lnpt.shared.teacher import Teacher
-
-        return LocalTargets(Teacher.load(teacher, device=config.batcher.device))
-    from lnpt.edge.guidance import GuidanceClient
-
-    return GuidanceClient.from_config(config.client, teacher, expected_version=expected_version)
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser(
         "train", help="train a student on unlabeled images with targets streamed from the teacher",
@@ -118,6 +106,7 @@ def run_train(args: argparse.Namespace) -> int:
     import torch
 
     from lnpt.edge.student import load_student, save_student
+    from lnpt.edge.teachers import open_teacher
     from lnpt.edge.training.checkpoints import load_checkpoint
     from lnpt.edge.training.sources import ImageSource
     from lnpt.edge.training.target_cache import TargetCache
@@ -144,9 +133,9 @@ def run_train(args: argparse.Namespace) -> int:
         else:
             cache = None
     if teacher_dim is None:
-        source = open_teacher(args.teacher, config, "" if args.force else resume_version)
+        source = open_teacher(args.teacher, config.client, "" if args.force else resume_version)
         version = source.version
-        teacher_dim = source.info.feature_dim if hasattr(source, "info") else source.teacher.feature_dim
+        teacher_dim = source.info.feature_dim
         source.check_student(record.input_spec.shape, model.num_classes, model.feature_dim,
                              projector=teacher_dim != model.feature_dim)
         if config.train.target_cache and cache is None:
@@ -170,7 +159,7 @@ def run_train(args: argparse.Namespace) -> int:
     finally:
         if log_file:
             log_file.close()
-        if source is not None and hasattr(source, "close"):
+        if source is not None:
             source.close()
     carried = {k: v for k, v in record.extra.items() if k not in ("masks", "teacher_version", "structured")}
     saved = save_student(out, model, input_spec=record.input_spec, class_names=record.class_names,
@@ -186,6 +175,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from lnpt.edge.student import load_student
+    from lnpt.edge.teachers import open_teacher
     from lnpt.edge.training.evaluate import evaluate, labeled_folder
     from lnpt.shared.data import load_fashion_mnist
 
@@ -197,11 +187,11 @@ def run_eval(args: argparse.Namespace) -> int:
         images, labels = load_fashion_mnist(train=False, root=config.data.root or None)
     if args.limit:
         images, labels = images[: args.limit], labels[: args.limit]
-    teacher = open_teacher(args.teacher, config) if args.teacher else None
+    teacher = open_teacher(args.teacher, config.client) if args.teacher else None
     try:
         result = evaluate(model, record.input_spec, images, labels, teacher, gap_kind=config.objective.gap)
     finally:
-        if teacher is not None and hasattr(teacher, "close"):
+        if teacher is not None:
             teacher.close()
     result = {"student": args.student, "data": args.data or "fashion-mnist:test", **result}
     lines = [f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in result.items()]

@@ -2,19 +2,15 @@
 
 Images: `ImageSource.batch(indices) -> uint8 (N, C, H, W)` shaped for the student. Labels are not
 part of it: a source has no way to return one.
-Targets: anything with `version` and `stream(batches) -> iterator of (features, logits)`:
-the remote `lnpt.edge.guidance.GuidanceClient` or `LocalTargets` around a teacher file (offline
-runs, tests, benchmarks).
+Targets come from an `lnpt.edge.teachers.TargetSource` (a guidance server or a teacher file).
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import torch
 
 from lnpt.shared.data import UnlabeledImageFolder, adapt, load_fashion_mnist
-from lnpt.shared.teacher import Teacher
 from lnpt.shared.zoo import InputSpec
 
 
@@ -42,32 +38,3 @@ class ImageSource:
         if isinstance(self.images, torch.Tensor):
             return adapt(self.images[indices], self.spec)
         return torch.stack([self.images[int(i)] for i in indices])
-
-
-class LocalTargets:
-    """Targets computed in-process by a teacher file (same code path the server runs)."""
-
-    def __init__(self, teacher: Teacher):
-        self.teacher = teacher
-        self.stats = {"requests": 0, "responses": 0, "resent": 0, "reconnects": 0, "wait_seconds": 0.0}
-
-    @property
-    def version(self) -> str:
-        return self.teacher.version
-
-    def check_student(self, input_shape: Sequence[int], num_classes: int, feature_dim: int,
-                      projector: bool = False) -> None:
-        from lnpt.edge.guidance import TeacherMismatch
-
-        if tuple(self.teacher.input_spec.shape) != tuple(input_shape) or self.teacher.num_classes != num_classes:
-            raise TeacherMismatch(f"teacher {self.teacher.arch} takes {self.teacher.input_spec.shape} images "
-                                  f"with {self.teacher.num_classes} classes; the student takes {tuple(input_shape)} "
-                                  f"with {num_classes}")
-        if self.teacher.feature_dim != feature_dim and not projector:
-            raise TeacherMismatch(f"teacher has {self.teacher.feature_dim} features, student {feature_dim}")
-
-    def stream(self, batches: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images in batches:
-            self.stats["requests"] += 1
-            yield self.teacher.targets(images)
-            self.stats["responses"] += 1

@@ -1,0 +1,126 @@
+"""Where an edge command gets teacher targets: a guidance server, or a teacher file for offline work.
+
+Both kinds are a `TargetSource`: `info` (the TeacherInfo), `version`, `input_spec`, `where`,
+`check_student(...)`, `stream(batches)` (targets for each uint8 batch, in order), `targets(batch)`,
+`stats` and `close()`. `open_teacher` picks the kind from its argument, so `lnpt prune`, `lnpt train`
+and `lnpt eval` treat a remote and a local teacher the same way.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import torch
+
+from lnpt.shared.errors import LnptError
+from lnpt.shared.protocol import guidance_pb2 as pb
+from lnpt.shared.teacher import Teacher
+from lnpt.shared.zoo import InputSpec
+
+
+class TeacherMismatch(LnptError, RuntimeError):
+    """The teacher does not fit the student (input shape, classes, feature width or version)."""
+
+
+class TargetSource:
+    """Shared behaviour of teacher sources; subclasses provide `info`, `where`, `stream`, `close`."""
+
+    info: pb.TeacherInfo
+    where: str
+    stats: dict
+
+    def stream(self, batches: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    @property
+    def version(self) -> str:
+        return self.info.teacher_version
+
+    @property
+    def arch(self) -> str:
+        return self.info.teacher_id
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.info.feature_dim)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.info.num_classes)
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """The teacher's input shape and normalisation, as the student should use them."""
+        info = self.info
+        return InputSpec(int(info.input_shape[0]), int(info.input_shape[-1]), tuple(info.normalization.mean),
+                         tuple(info.normalization.std))
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.info.class_names) or [str(i) for i in range(self.info.num_classes)]
+
+    def targets(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, logits) float32 for one uint8 (N, C, H, W) batch; blocking."""
+        return next(iter(self.stream([images])))
+
+    def check_student(self, input_shape: Sequence[int], num_classes: int, feature_dim: int,
+                      projector: bool = False) -> None:
+        """Refuse a teacher whose inputs, classes or (without a projector) feature width differ.
+
+        Only the input *shape* must match: images travel as uint8 pixels and each side normalises
+        them with its own mean/std.
+        """
+        info = self.info
+        name = f"teacher {info.teacher_id} ({info.teacher_version}) at {self.where}"
+        if list(info.input_shape) != list(input_shape):
+            raise TeacherMismatch(f"{name} takes images {tuple(info.input_shape)} (C, H, W) but the student "
+                                  f"takes {tuple(input_shape)}; prune/train a student for the teacher's input")
+        if info.num_classes != num_classes:
+            raise TeacherMismatch(f"{name} has {info.num_classes} classes, the student {num_classes}; "
+                                  f"logit distillation needs the same classes")
+        if info.feature_dim != feature_dim and not projector:
+            raise TeacherMismatch(f"{name} has {info.feature_dim} penultimate features, the student "
+                                  f"{feature_dim}; use a student of the same width or enable a projector")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class LocalTeacher(TargetSource):
+    """Targets computed in-process from a teacher file: the same forward the server runs."""
+
+    def __init__(self, teacher: Teacher, where: str = "local teacher file"):
+        self.teacher = teacher
+        self.where = where
+        self.info = teacher.info()
+        self.stats = {"requests": 0, "responses": 0, "resent": 0, "reconnects": 0, "wait_seconds": 0.0}
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> "LocalTeacher":
+        return cls(Teacher.load(path, device), str(path))
+
+    def stream(self, batches: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images in batches:
+            self.stats["requests"] += 1
+            yield self.teacher.targets(images)
+            self.stats["responses"] += 1
+
+
+def open_teacher(teacher: str | None, client_config, expected_version: str = "", device: str = "cpu") -> TargetSource:
+    """An existing file is a teacher model file (offline); anything else is the address of a guidance
+    server (`host:port`, or several comma-separated), reached with the [client] config section;
+    None means `client.addresses`."""
+    if teacher and Path(teacher).is_file():
+        return LocalTeacher.load(teacher, device)
+    if teacher and (":" not in teacher or Path(teacher).suffix in (".pt", ".pth")):
+        raise LnptError(f"teacher {teacher!r} is neither an existing teacher file nor a server address "
+                        "(host:port); check the path, or train one with `lnpt teacher train`")
+    from lnpt.edge.guidance import GuidanceClient
+
+    return GuidanceClient.from_config(client_config, teacher, expected_version=expected_version)
