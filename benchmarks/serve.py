@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -104,39 +103,13 @@ def single_thread_env() -> dict:
 
 # --- served ------------------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(checkpoint: str, batch: int, log_path: Path) -> tuple[subprocess.Popen, str]:
+def start_server(checkpoint: str, batch: int, log_path: Path):
     """`lnpt serve` pinned to the server core with one torch thread; returns once health is SERVING."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from lnpt.cloud.process import ServerProcess
 
-    port = free_port()
-    cmd = [sys.executable, "-m", "lnpt.shared.cli", "serve", "--checkpoint", checkpoint, "--insecure",
-           "--port", str(port), "--metrics-port", "-1", "--set", "batcher.threads=1",
-           "--set", f"batcher.max_batch_size={batch}", "--set", f"batcher.max_request_batch={batch}"]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=single_thread_env(),
-                                   preexec_fn=lambda: pin(SERVER_CORE))
-    address = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"lnpt serve exited with {process.returncode}: {log_path.read_text()[-2000:]}")
-        with grpc.insecure_channel(address) as channel:
-            try:
-                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return process, address
-            except grpc.RpcError:
-                pass
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("lnpt serve did not become SERVING within 120 s")
+    core = SERVER_CORE if SERVER_CORE < (os.cpu_count() or 1) else None
+    return ServerProcess(checkpoint, core=core, log_path=log_path, overrides=[
+        f"batcher.max_batch_size={batch}", f"batcher.max_request_batch={batch}"]).start(timeout=120)
 
 
 async def drive(address: str, streams: int, images, seconds: float, warmup: float, window: int) -> dict:
@@ -241,14 +214,13 @@ def benchmark(checkpoint: str | None, batch: int, seconds: float, warmup: float,
         clients_pinned = pin(CLIENT_CORE)
         torch.set_num_threads(1)
         images = encode(torch.randint(0, 256, (per_request, *record.input_spec.shape), dtype=torch.uint8))
-        process, address = start_server(checkpoint, batch, Path(tmp) / "serve.log")
+        server = start_server(checkpoint, batch, Path(tmp) / "serve.log")
         served = {}
         try:
             for streams in STREAM_COUNTS:
-                served[str(streams)] = asyncio.run(drive(address, streams, images, seconds, warmup, window))
+                served[str(streams)] = asyncio.run(drive(server.address, streams, images, seconds, warmup, window))
         finally:
-            process.terminate()
-            process.wait(30)
+            server.terminate()
         raw_runs.append(measure_raw(checkpoint, batch, seconds / 2, warmup))
     raw = max(raw_runs, key=lambda run: run["samples_per_s"])
     result = {

@@ -12,8 +12,6 @@ import argparse
 import os
 import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,15 +35,6 @@ def register(actions: argparse._SubParsersAction) -> None:
 def cores() -> tuple[int, int]:
     available = sorted(os.sched_getaffinity(0))
     return (available[0], available[1]) if len(available) > 1 else (available[0], available[0])
-
-
-def start_server(teacher: Path, port: int, core: int, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "lnpt.shared.cli", "serve", "--checkpoint", str(teacher), "--insecure",
-           "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "-1", "--set", "batcher.threads=1"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    with open(log, "wb") as out:
-        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                preexec_fn=lambda: os.sched_setaffinity(0, {core}))
 
 
 def supervised_steps_per_s(model, spec, images, labels, batch_size: int, steps: int, warmup: int, train_cfg) -> float:
@@ -93,7 +82,7 @@ def guided(student_path, images, address: str, steps: int, batch_size: int, pref
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from lnpt.edge.guidance import GuidanceClient, RetryPolicy
+    from lnpt.cloud.process import ServerProcess
     from lnpt.edge.student import load_student, save_student
     from lnpt.edge.training.sources import ImageSource
     from lnpt.shared.checkpoint import save_model
@@ -117,18 +106,12 @@ def run(args: argparse.Namespace) -> int:
                    input_spec=FASHION_MNIST_SPEC, class_names=classes)
         save_student(tmp / "S.pt", build_model(args.model, 10, FASHION_MNIST_SPEC), input_spec=FASHION_MNIST_SPEC,
                      class_names=classes)
-        from socket import socket
-
-        with socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        server = start_server(tmp / "T.pt", port, server_core, tmp / "server.log")
+        server = ServerProcess(tmp / "T.pt", core=server_core, log_path=tmp / "server.log").start(timeout=120)
         model, _ = load_student(tmp / "S.pt")
         supervised = lambda: supervised_steps_per_s(  # noqa: E731
             model, FASHION_MNIST_SPEC, images, labels, args.batch_size, args.steps, args.warmup, load_config().train)
         try:
-            address = f"127.0.0.1:{port}"
-            GuidanceClient(address, insecure=True, retry=RetryPolicy(60, 60, 0.2, 1.0)).info  # wait until serving
+            address = server.address
             guided(tmp / "S.pt", images, address, args.warmup, args.batch_size, args.prefetch)  # warm both sides
             # Alternate short rounds (supervised, guided, ...): drift in machine load hits both sides alike.
             sup_runs, guided_runs, waits, reconnects = [], [], [], 0
@@ -140,7 +123,6 @@ def run(args: argparse.Namespace) -> int:
                 reconnects += stats["reconnects"]
         finally:
             server.terminate()
-            server.wait(30)
     ratios = sorted(g / u for g, u in zip(guided_runs, sup_runs))
     sup, guided_rate = statistics.median(sup_runs), statistics.median(guided_runs)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

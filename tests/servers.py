@@ -19,16 +19,14 @@ import asyncio
 import contextlib
 import json
 import os
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import grpc
 
 from lnpt.cloud.certs import TestPki
-from lnpt.cloud.process import ServerProcess, free_port, wait_serving
+from lnpt.cloud.process import ServerProcess, free_port
 from lnpt.cloud.server import GuidanceServer
 from lnpt.shared.config import Config, load_config
 

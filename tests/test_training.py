@@ -25,7 +25,7 @@ from lnpt.edge.student import load_student, prunable_modules, save_student
 from lnpt.edge.training.evaluate import evaluate
 from lnpt.edge.teachers import LocalTeacher
 from lnpt.edge.training.sources import ImageSource
-from lnpt.edge.training.trainer import GuidedTrainer, TrainingError
+from lnpt.edge.training.trainer import GuidedTrainer
 from lnpt.shared.cli import main
 from lnpt.shared.config import load_config
 from lnpt.shared.data import FASHION_MNIST_CLASSES, FASHION_MNIST_SPEC, write_image_folder
