@@ -313,8 +313,12 @@ def test_cloud_image_health_checks_the_server_and_edge_image_has_no_cloud_extras
     assert json.loads(instructions(edge_final, "ENTRYPOINT")[0]) == ["lnpt-edge-job"]
     assert "deploy/bin/lnpt-edge-job /opt/lnpt/bin/lnpt-edge-job" in instructions(edge_final, "COPY")
     assert os.access(DEPLOY / "bin" / "lnpt-edge-job", os.X_OK)
-    # The config baked into the cloud image is a valid config.
+    # The config baked into the cloud image, and the teacher image's file, are where CMD looks.
     assert "deploy/config/cloud.toml /etc/lnpt/lnpt.toml" in instructions(final, "COPY")
+    cmd = json.loads(instructions(final, "CMD")[0])
+    assert cmd[cmd.index("--config") + 1] == "/etc/lnpt/lnpt.toml"
+    teacher_copy = instructions(dockerfile("teacher.Dockerfile")[-1], "COPY")[0].split()
+    assert teacher_copy[-1] == cmd[cmd.index("--checkpoint") + 1] and teacher_copy[0] == "--chown=10001:10001"
     assert "Docker engine" in readme()  # the docs say the images were not built here
 
 
