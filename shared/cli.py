@@ -30,7 +30,7 @@ def optional_module(name: str):
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
     """`--config FILE` and repeatable `--set section.key=value`, shared by every command."""
-    parser.add_argument("--config", metavar="FILE", help="TOML config file (see docs/CONFIG.md)")
+    parser.add_argument("--config", metavar="FILE", help="TOML config file; every key is listed in docs/CONFIG.md")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config value, e.g. --set prune.sparsity=0.95 (repeatable)")
 

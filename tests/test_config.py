@@ -41,3 +41,31 @@ def test_bad_override_and_missing_file(tmp_path):
         load_config(None, ["server.port=70000"])
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_config_reference_lists_every_key_with_its_default(repo_root):
+    """docs/CONFIG.md is the user's reference: every key and default must match the code."""
+    import dataclasses
+    import json
+    import re
+    import typing
+
+    from lnpt.shared.config import Config
+
+    text = (repo_root / "docs" / "CONFIG.md").read_text()
+    documented = {}
+    section = None
+    for line in text.splitlines():
+        if heading := re.match(r"## \[(\w+)\]", line):
+            section = heading.group(1)
+        elif row := re.match(r"\| `(\w+)` \| `(.*?)` \|", line):
+            documented[(section, row.group(1))] = row.group(2)
+    expected = {}
+    for section_field in dataclasses.fields(Config):
+        defaults = typing.get_type_hints(Config)[section_field.name]()
+        for key in dataclasses.fields(defaults):
+            value = getattr(defaults, key.name)
+            expected[(section_field.name, key.name)] = (
+                "true" if value is True else "false" if value is False
+                else json.dumps(value) if isinstance(value, (str, list)) else repr(value))
+    assert documented == expected
