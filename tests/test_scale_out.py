@@ -21,7 +21,8 @@ from servers import make_teacher, running_server
 from lnpt.cloud.process import ServerProcess, free_port
 from lnpt.edge.guidance import GuidanceClient, RetryPolicy
 from lnpt.edge.student import load_student, prunable_modules, save_student
-from lnpt.edge.training.sources import ImageSource, LocalTargets
+from lnpt.edge.teachers import LocalTeacher
+from lnpt.edge.training.sources import ImageSource
 from lnpt.edge.training.trainer import GuidedTrainer
 from lnpt.shared.config import load_config
 from lnpt.shared.data import FASHION_MNIST_CLASSES, FASHION_MNIST_SPEC
@@ -34,14 +35,9 @@ KILL_AT_STEP = 15  # mid-epoch 1
 
 @dataclass
 class MeteredServer(ServerProcess):
-    """ServerProcess with /metrics on (it always passes --metrics-port -1), to see what each replica served."""
+    """ServerProcess with /metrics on, to see what each replica served."""
 
     metrics_port: int = field(default_factory=free_port)
-
-    def command(self) -> list[str]:
-        cmd = super().command()
-        cmd[cmd.index("--metrics-port") + 1] = str(self.metrics_port)
-        return cmd
 
     def metric(self, name: str) -> float:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as reply:
@@ -105,7 +101,7 @@ def test_replica_killed_mid_training_others_finish_it_without_losing_or_repeatin
     images = ImageSource(fashion_train[0][:IMAGES], FASHION_MNIST_SPEC, "subset")
 
     reference_events = []
-    reference = Recording(LocalTargets(teacher))
+    reference = Recording(LocalTeacher(teacher))
     train(student_path, images, reference, reference_events.append)
 
     replicas = [MeteredServer(teacher_path, log_path=tmp_path / f"replica{i}.log") for i in range(3)]
