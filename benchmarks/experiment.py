@@ -38,8 +38,9 @@ class Recipe:
     epochs: int
     batch_size: int = 64
     lr: float = 0.05
-    momentum: float = 0.9
+    momentum: float = 0.9  # sgd only
     weight_decay: float = 5e-4
+    optimizer: str = "sgd"  # sgd (Nesterov momentum) or adam
 
 
 def fashion_split(train_samples: int, test_samples: int, seed: int = 0):
@@ -106,7 +107,7 @@ def train(model: ZooNet, spec: InputSpec, images: torch.Tensor, targets: Targets
           recipe: Recipe, *, seed: int, device: torch.device | str = "cpu",
           on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
     """Train `model` on uint8 `images` against `targets` (one row per image) minimising `objective`:
-    SGD with Nesterov momentum, cosine schedule over all steps, the batch order seeded by `seed`.
+    SGD with Nesterov momentum or Adam, cosine schedule over all steps, the batch order seeded by `seed`.
     Masks applied with torch.nn.utils.prune stay fixed. Returns the mean loss of each epoch."""
     device = torch.device(device)
     model.to(device)
@@ -114,8 +115,13 @@ def train(model: ZooNet, spec: InputSpec, images: torch.Tensor, targets: Targets
     inputs = normalize(adapt(images, spec), spec).to(device)
     targets = targets.to(device)
     params = [*model.parameters(), *objective.parameters()]
-    optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
-                                weight_decay=recipe.weight_decay, nesterov=recipe.momentum > 0)
+    if recipe.optimizer == "adam":
+        optimizer = torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    elif recipe.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
+                                    weight_decay=recipe.weight_decay, nesterov=recipe.momentum > 0)
+    else:
+        raise ExperimentError(f"unknown optimizer {recipe.optimizer!r}; choose sgd or adam")
     steps_per_epoch = math.ceil(len(images) / recipe.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, recipe.epochs * steps_per_epoch))
     generator = torch.Generator().manual_seed(seed)
