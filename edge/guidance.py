@@ -36,7 +36,8 @@ from lnpt.shared.codec import CodecError, decode, encode
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED,
              grpc.StatusCode.CANCELLED}
 AUTH_CODES = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
-TLS_MARKERS = ("ssl", "handshake", "certificate", "tsi_", "x509")
+# "verification check": a certificate for another host ("Hostname Verification Check failed").
+TLS_MARKERS = ("ssl", "handshake", "certificate", "tsi_", "x509", "verification check")
 INFO_TIMEOUT_SECONDS = 30.0
 
 
@@ -136,6 +137,19 @@ def channel_target(addresses: Sequence[str]) -> str:
     return f"ipv{families.pop()}:{','.join(addresses)}"
 
 
+def is_loopback(address: str) -> bool:
+    """True for addresses that never leave this machine (localhost, 127.0.0.0/8, ::1, unix sockets)."""
+    if address.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = address.split("///")[-1].rsplit(":", 1)[0].strip("[]") if ":" in address else address
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def read_file(path: str, what: str) -> bytes:
     try:
         return Path(path).read_bytes()
@@ -188,11 +202,19 @@ class GuidanceClient(TargetSource):
         retry: RetryPolicy | None = None,
         max_message_bytes: int = 64 * 1024 * 1024,
         expected_version: str = "",
+        keepalive_seconds: float = 20.0,
+        allow_insecure_token: bool = False,
     ):
         if isinstance(addresses, str):
             addresses = [a.strip() for a in addresses.split(",") if a.strip()]
         self.addresses = list(addresses)
         self.where = ", ".join(self.addresses)
+        if token and insecure and not allow_insecure_token and not all(map(is_loopback, self.addresses)):
+            raise GuidanceError(
+                f"refusing to send the bearer token in plaintext to {self.where}: anyone on the path could "
+                f"read and reuse it. Use TLS (drop --insecure, set client.ca_cert), or set "
+                f"client.allow_insecure_token = true if a TLS-terminating proxy on a trusted network is in between")
+        self.keepalive_seconds = keepalive_seconds
         self.image_wire = image_wire
         self.target_wire = target_wire
         self.prefetch = max(1, prefetch)
@@ -217,7 +239,8 @@ class GuidanceClient(TargetSource):
                    client_cert=client.client_cert, client_key=client.client_key, token=token,
                    server_name=client.server_name, image_wire=client.image_wire, target_wire=client.target_wire,
                    prefetch=client.prefetch, retry=retry, max_message_bytes=client.max_message_bytes,
-                   expected_version=expected_version)
+                   expected_version=expected_version, keepalive_seconds=client.keepalive_seconds,
+                   allow_insecure_token=client.allow_insecure_token)
 
     def _make_channel(self, insecure, ca_cert, client_cert, client_key, server_name, max_message_bytes):
         options = [
@@ -229,6 +252,13 @@ class GuidanceClient(TargetSource):
             ("grpc.min_reconnect_backoff_ms", max(100, int(self.retry.base_seconds * 1000))),
             ("grpc.max_reconnect_backoff_ms", max(100, int(self.retry.max_seconds * 1000))),
         ]
+        if self.keepalive_seconds:
+            # A link that dies silently (no FIN or RST: NAT timeout, pulled cable) would leave the stream
+            # waiting forever; an unanswered ping drops the connection and the stream is resumed.
+            period = max(1, int(self.keepalive_seconds * 1000))
+            options += [("grpc.keepalive_time_ms", period), ("grpc.keepalive_timeout_ms", period),
+                        ("grpc.http2.ping_timeout_ms", period),  # gRPC >= 1.5x waits on this one (default 60 s)
+                        ("grpc.http2.max_pings_without_data", 0)]  # a client only reading still pings
         target = channel_target(self.addresses)
         if insecure:
             return grpc.insecure_channel(target, options=options)

@@ -55,7 +55,7 @@ class ServerConfig:
     max_streams: int = field(default=256, metadata=at_least(1))
     stream_window: int = field(default=16, metadata=at_least(1))  # requests in flight per stream; beyond, reading waits
     grace_seconds: float = field(default=10.0, metadata=at_least(0))
-    stream_idle_seconds: float = field(default=300.0, metadata=at_least(0))  # 0: never cut idle streams
+    stream_idle_seconds: float = field(default=300.0, metadata=at_least(0))  # cut a stream that sends or reads nothing this long; 0: never
     log_format: str = field(default="text", metadata=choice("text", "json"))
 
 
@@ -104,6 +104,8 @@ class ClientConfig:
     backoff_base_seconds: float = field(default=0.2, metadata=at_least(0))
     backoff_max_seconds: float = field(default=10.0, metadata=at_least(0))
     max_message_bytes: int = field(default=64 * 1024 * 1024, metadata=at_least(1024))
+    keepalive_seconds: float = field(default=20.0, metadata=at_least(0))  # ping period; unanswered as long: reconnect; 0 = off
+    allow_insecure_token: bool = False  # send token_file over plaintext to a non-loopback address
 
 
 @dataclass
