@@ -44,6 +44,7 @@ def invalid(message: str) -> RequestError:
 @dataclass
 class WriteWatch:
     since: float | None = None  # when the response now being written was handed to gRPC
+    cut: bool = False  # the watchdog is ending this stream
 
 
 @dataclass
@@ -174,7 +175,8 @@ class GuidanceServicer(guidance_pb2_grpc.GuidanceServicer):
                 writes.since = None
         finally:
             reader.cancel()
-            watchdog.cancel()
+            if not writes.cut:
+                watchdog.cancel()
             while not outbox.empty():  # answers nobody will read
                 item = outbox.get_nowait()
                 if isinstance(item, Accepted):
@@ -195,11 +197,16 @@ class GuidanceServicer(guidance_pb2_grpc.GuidanceServicer):
             if writes.since is not None and time.monotonic() - writes.since > idle:
                 message = (f"client read no response for {idle:g} s (server.stream_idle_seconds); "
                            "read the answers or close the stream")
-                self.metrics.errors.labels(code="DEADLINE_EXCEEDED").inc()
-                log.info("ending call: DEADLINE_EXCEEDED %s", message)
-                context.set_code(grpc.StatusCode.DEADLINE_EXCEEDED)
-                context.set_details(message)
-                handler.cancel()  # the handler waits inside gRPC's write; only cancelling frees it
+                self.metrics.errors.labels(code="UNAVAILABLE").inc()
+                log.info("ending call: UNAVAILABLE %s", message)
+                # The handler waits inside gRPC's write, and a status would queue behind that write:
+                # cancel the handler first (frees the write), then send the status.
+                writes.cut = True
+                handler.cancel()
+                try:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, message)
+                except Exception:  # abort always raises once the status is on its way
+                    pass
                 return
 
     async def read_requests(self, request_iterator, outbox: asyncio.Queue) -> None:
@@ -231,13 +238,18 @@ class GuidanceServicer(guidance_pb2_grpc.GuidanceServicer):
         """The next request, None at the end of the stream; RequestError on drain or idle timeout."""
         idle = self.config.server.stream_idle_seconds or None
         receive = asyncio.ensure_future(requests.__anext__())
-        done, _ = await asyncio.wait({receive, self.draining}, timeout=idle, return_when=asyncio.FIRST_COMPLETED)
+        # When the stream is cancelled while a read is pending or just finished, nobody reads its outcome:
+        # mark it seen so asyncio does not log "Task exception was never retrieved" for every such stream.
+        receive.add_done_callback(lambda f: f.cancelled() or f.exception())
+        try:
+            done, _ = await asyncio.wait({receive, self.draining}, timeout=idle, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            receive.cancel()  # no-op once done
         if receive in done:
             try:
                 return receive.result()
             except StopAsyncIteration:
                 return None
-        receive.cancel()
         if self.is_draining:
             raise RequestError(grpc.StatusCode.UNAVAILABLE,
                                "server is shutting down; requests already sent were answered, send the rest to another replica")

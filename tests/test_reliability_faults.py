@@ -106,3 +106,36 @@ def test_client_killed_during_checkpoint_writes_leaves_the_previous_checkpoint_l
         step = state["step"]
         assert step >= 1
         assert torch.equal(state["weights"], torch.full((2_000_000,), float(step)))  # not a torn mix
+
+
+def test_corrupt_checkpoint_onnx_and_config_files_fail_clearly_and_are_left_alone(tmp_path):
+    from lnpt.edge.export.onnx_export import ExportError
+    from lnpt.edge.export.verify import session
+    from lnpt.edge.training.checkpoints import load_checkpoint, save_checkpoint
+    from lnpt.shared.checkpoint import CheckpointError
+    from lnpt.shared.config import ConfigError, load_config
+
+    good = save_checkpoint(tmp_path / "good.ckpt", {"step": 3})
+    cases = {"truncated.ckpt": good.read_bytes()[:len(good.read_bytes()) // 2], "garbage.ckpt": b"\x00\xffnot torch",
+             "empty.ckpt": b""}
+    for name, data in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(CheckpointError, match=f"{name}: (unreadable checkpoint|not an lnpt training checkpoint)"):
+            load_checkpoint(path)
+        assert path.read_bytes() == data  # a failed load never rewrites the file
+
+    onnx_path = tmp_path / "model.onnx"
+    onnx_path.write_bytes(b"\x08\x07garbage that is not a model")
+    with pytest.raises(ExportError, match="cannot load"):
+        session(onnx_path)
+
+    for name, text, where in (("syntax.toml", "[server\nport = 1", "syntax.toml"),
+                              ("binary.toml", "\udcff", "binary.toml"),
+                              ("type.toml", "[server]\nport = \"fifty\"\n", "server.port")):
+        path = tmp_path / name
+        path.write_bytes(text.encode("utf-8", "surrogateescape"))
+        before = path.read_bytes()
+        with pytest.raises(ConfigError, match=where):
+            load_config(path)
+        assert path.read_bytes() == before
