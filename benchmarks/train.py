@@ -42,9 +42,9 @@ def supervised_steps_per_s(model, spec, images, labels, batch_size: int, steps: 
     import torch
     import torch.nn.functional as F
 
-    from lnpt.edge.training.augment import batch_generator, random_crop_flip
+    from lnpt.edge.training.augment import batch_generator
     from lnpt.edge.training.trainer import epoch_order
-    from lnpt.shared.data import normalize
+    from lnpt.shared.data import normalize, random_crop_flip
 
     optimizer = torch.optim.SGD(model.parameters(), lr=train_cfg.lr, momentum=train_cfg.momentum,
                                 weight_decay=train_cfg.weight_decay, nesterov=True)

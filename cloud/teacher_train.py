@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from lnpt.shared.checkpoint import save_model
 from lnpt.shared.config import Config, ConfigError
-from lnpt.shared.data import FASHION_MNIST_CLASSES, FASHION_MNIST_SPEC, adapt, load_fashion_mnist, normalize
+from lnpt.shared.data import (FASHION_MNIST_CLASSES, FASHION_MNIST_SPEC, adapt, load_fashion_mnist, normalize,
+                              random_crop_flip)
 from lnpt.shared.teacher import Teacher
 from lnpt.shared.zoo import MODEL_NAMES, InputSpec, build_model
 
@@ -35,17 +36,6 @@ def teacher_input_spec(config: Config) -> InputSpec:
     channels, size = config.data.channels, config.data.size
     base = FASHION_MNIST_SPEC
     return InputSpec(channels, size, base.mean * channels, base.std * channels)
-
-
-def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 2) -> torch.Tensor:
-    """Per-sample random crop (zero padding `pad`) and horizontal flip of a uint8 batch."""
-    n, _, h, w = images.shape
-    padded = F.pad(images, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    flip = torch.rand(n, generator=generator) < 0.5
-    out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
-    return torch.where(flip.view(n, 1, 1, 1), out.flip(-1), out)
 
 
 class Distributed:
@@ -148,7 +138,7 @@ def run_training(config: Config, out: str, ddp: Distributed, spec: InputSpec, js
                    disable=not ddp.is_main or not sys.stderr.isatty())
         for images, labels in bar:
             if tc.augment:
-                images = augment(images, generator)
+                images = random_crop_flip(images, generator)
             x, y = normalize(images, spec).to(ddp.device), labels.to(ddp.device)
             logits = net(x)
             loss = F.cross_entropy(logits, y)

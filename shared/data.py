@@ -98,6 +98,22 @@ def normalize(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     return (images.float() / 255.0 - mean) / std
 
 
+def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: int | None = None) -> torch.Tensor:
+    """Per-image random crop after zero padding (default size // 8 pixels) and random horizontal
+    flip of a uint8 (N, C, H, W) batch; `generator` makes it reproducible (resumed runs, DDP ranks)."""
+    n, _, height, width = images.shape
+    pad = max(1, height // 8) if padding is None else padding
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator)
+    flips = torch.rand(n, generator=generator) < 0.5
+    out = torch.empty_like(images)
+    for i in range(n):  # a batch of slices costs well under a millisecond
+        top, left = int(offsets[i, 0]), int(offsets[i, 1])
+        crop = padded[i, :, top:top + height, left:left + width]
+        out[i] = crop.flip(-1) if flips[i] else crop
+    return out
+
+
 class TensorImages(Dataset):
     """An in-memory uint8 image tensor as a dataset of single images (no labels)."""
 

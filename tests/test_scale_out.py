@@ -16,6 +16,7 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 from torch.nn.utils import prune
 
+from recording import Recording
 from servers import make_teacher, running_server
 
 from lnpt.cloud.process import ServerProcess, free_port
@@ -44,30 +45,6 @@ class MeteredServer(ServerProcess):
             text = reply.read().decode()
         return sum(sample.value for family in text_string_to_metric_families(text)
                    for sample in family.samples if sample.name == name)
-
-
-class Recording:
-    """A target source that keeps every batch it was asked for and every answer it returned."""
-
-    def __init__(self, source):
-        self.source, self.asked, self.answers = source, [], []
-
-    @property
-    def stats(self):
-        return self.source.stats
-
-    @property
-    def version(self):
-        return self.source.version
-
-    def stream(self, batches):
-        def remember():
-            for images in batches:
-                self.asked.append(images)
-                yield images
-        for answer in self.source.stream(remember()):
-            self.answers.append(answer)
-            yield answer
 
 
 @pytest.fixture(scope="module")

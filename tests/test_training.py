@@ -19,6 +19,7 @@ import pytest
 import torch
 from torch.nn.utils import prune
 
+from recording import Recording
 from servers import free_port, make_teacher, running_server, server_process
 
 from lnpt.edge.student import load_student, prunable_modules, save_student
@@ -98,26 +99,6 @@ def test_guided_training_learns_without_labels(teacher_path, student_path, fashi
     assert steps[-1]["gap"] < steps[0]["gap"]
 
 
-class RecordingSource:
-    """The real GuidanceClient, with every batch it was asked for and every answer kept for checks."""
-
-    def __init__(self, client):
-        self.client, self.asked, self.answers = client, [], []
-
-    @property
-    def stats(self):
-        return self.client.stats
-
-    def stream(self, batches):
-        def remember():
-            for images in batches:
-                self.asked.append(images)
-                yield images
-        for answer in self.client.stream(remember()):
-            self.answers.append(answer)
-            yield answer
-
-
 def test_server_killed_mid_epoch_training_completes_without_repeating_or_skipping(
         teacher_path, student_path, fashion_train, tmp_path):
     from lnpt.edge.guidance import GuidanceClient, RetryPolicy
@@ -129,7 +110,7 @@ def test_server_killed_mid_epoch_training_completes_without_repeating_or_skippin
     with server_process(teacher_path, log_path=tmp_path / "server.log") as proc:
         client = GuidanceClient(proc.address, insecure=True, prefetch=4,
                                 retry=RetryPolicy(max_attempts=60, max_wait_seconds=60, base_seconds=0.05, max_seconds=0.5))
-        source = RecordingSource(client)
+        source = Recording(client)
 
         def log(event):
             events.append(event)

@@ -21,12 +21,12 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from lnpt.edge.training.augment import batch_generator, random_crop_flip
+from lnpt.edge.training.augment import batch_generator
 from lnpt.edge.training.checkpoints import load_checkpoint, restore_rng, save_checkpoint
 from lnpt.edge.training.sources import ImageSource
 from lnpt.edge.training.target_cache import TargetCache, digest
 from lnpt.shared.config import ObjectiveConfig, TrainConfig
-from lnpt.shared.data import normalize
+from lnpt.shared.data import normalize, random_crop_flip
 from lnpt.shared.errors import LnptError
 from lnpt.shared.objectives import Targets, learning_gap, objective_from_config
 from lnpt.shared.zoo import InputSpec, ZooNet
