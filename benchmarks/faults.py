@@ -74,6 +74,8 @@ class FaultProxy:
         try:
             await asyncio.gather(self._pump(client_reader, server_writer, link),
                                  self._pump(server_reader, client_writer, link))
+        except asyncio.CancelledError:
+            pass  # closing the proxy; asyncio's stream callback would log a cancelled handler as an error
         finally:
             for writer in pair:
                 writer.close()
