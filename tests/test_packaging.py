@@ -20,10 +20,10 @@ def test_wheel_installs_namespaced_packages_only(repo_root, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     site = next(venv.glob("lib/python*/site-packages"))
-    deps = sysconfig.get_paths()["purelib"]
-    (site / "deps.pth").write_text(deps + "\n")
     subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
                     "-q", "--no-deps", str(wheel)], check=True)
+    # Only after installing: pip would otherwise see this environment's lnpt and skip the wheel.
+    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     code = "import lnpt.shared, lnpt.cloud, lnpt.edge, lnpt.benchmarks; print(lnpt.shared.__file__)"
     out = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True,
                          check=True, cwd=tmp_path).stdout
