@@ -77,6 +77,9 @@ class GuidanceServer:
         options = channel_options(cfg.max_message_bytes) + [
             ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
             ("grpc.keepalive_permit_without_calls", 1),  # clients may ping idle connections
+            *([("grpc.max_connection_age_ms", int(cfg.max_connection_age_seconds * 1000)),
+               ("grpc.max_connection_age_grace_ms", int(cfg.grace_seconds * 1000))]
+              if cfg.max_connection_age_seconds else []),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ]
         self.server = grpc.aio.server(interceptors=interceptors, options=options)

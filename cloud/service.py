@@ -8,6 +8,7 @@ person can act on. While the server drains, streams finish what they accepted an
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from dataclasses import dataclass
@@ -26,6 +27,12 @@ from lnpt.shared.teacher import INPUT_DTYPES, PROTOCOL_VERSION, TARGET_DTYPES, T
 log = logging.getLogger("lnpt.cloud.service")
 
 END = object()  # the client closed its side of the stream
+
+
+def peer_host(peer: str) -> str:
+    """The client's address without its port: "ipv4:10.0.0.7:51234" -> "ipv4:10.0.0.7"."""
+    host, sep, port = peer.rpartition(":")
+    return host if sep and port.isdigit() else peer
 
 
 class RequestError(Exception):
@@ -106,6 +113,7 @@ class GuidanceServicer(guidance_pb2_grpc.GuidanceServicer):
         self.teacher: Teacher | None = None  # set once loaded; until then calls get UNAVAILABLE
         self.batcher: DynamicBatcher | None = None
         self.open_streams = 0
+        self.client_streams: collections.Counter = collections.Counter()  # open streams per client address
         self.drained = asyncio.Event()  # set whenever no stream is open
         self.drained.set()
         self.draining: asyncio.Future | None = None
@@ -146,6 +154,13 @@ class GuidanceServicer(guidance_pb2_grpc.GuidanceServicer):
             await self.fail(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                             f"server has {self.open_streams} open streams, its limit (server.max_streams); "
                             "retry later or use another replica")
+        client = peer_host(context.peer())
+        per_client = self.config.server.max_streams_per_client
+        if per_client and self.client_streams[client] >= per_client:
+            await self.fail(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"client {client} already has {per_client} open streams, its limit "
+                            "(server.max_streams_per_client); close one or retry later")
+        self.client_streams[client] += 1
         self.open_streams += 1
         self.drained.clear()
         self.metrics.open_streams.inc()
@@ -182,6 +197,9 @@ class GuidanceServicer(guidance_pb2_grpc.GuidanceServicer):
                 if isinstance(item, Accepted):
                     item.future.cancel()
             self.open_streams -= 1
+            self.client_streams[client] -= 1
+            if not self.client_streams[client]:
+                del self.client_streams[client]
             self.metrics.open_streams.dec()
             if self.open_streams == 0:
                 self.drained.set()

@@ -53,6 +53,8 @@ class ServerConfig:
     tokens_file: str = ""  # one bearer token per line; when set, every call needs one of them
     max_message_bytes: int = field(default=64 * 1024 * 1024, metadata=at_least(1024))
     max_streams: int = field(default=256, metadata=at_least(1))
+    max_streams_per_client: int = field(default=64, metadata=at_least(0))  # per client IP address; 0 = no limit
+    max_connection_age_seconds: float = field(default=0.0, metadata=at_least(0))  # >0: clients reconnect (and re-resolve DNS) this often; 0 = never
     stream_window: int = field(default=16, metadata=at_least(1))  # requests in flight per stream; beyond, reading waits
     grace_seconds: float = field(default=10.0, metadata=at_least(0))
     stream_idle_seconds: float = field(default=300.0, metadata=at_least(0))  # cut a stream that sends or reads nothing this long; 0: never

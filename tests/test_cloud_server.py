@@ -280,6 +280,29 @@ def test_stream_limit_and_idle_streams(teacher_path):
         assert [a.request_id for a in stub.StreamTargets(iter([good(3)]), timeout=TIMEOUT)] == [3]
 
 
+def test_one_client_cannot_hold_more_than_its_share_of_streams(teacher_path):
+    overrides = ["server.max_streams=8", "server.max_streams_per_client=2"]
+    with running_server(teacher_path, overrides) as srv, grpc.insecure_channel(srv.address) as channel:
+        stub = guidance_pb2_grpc.GuidanceStub(channel)
+        release = threading.Event()
+
+        def one_then_wait(i):
+            yield good(i)
+            release.wait(TIMEOUT)
+
+        held = [stub.StreamTargets(one_then_wait(i), timeout=TIMEOUT) for i in (1, 2)]
+        assert [next(stream).request_id for stream in held] == [1, 2]
+        with pytest.raises(grpc.RpcError) as caught:  # a third stream from the same address
+            list(stub.StreamTargets(iter([good(3)]), timeout=TIMEOUT))
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "already has 2 open streams" in caught.value.details()
+        assert "server.max_streams_per_client" in caught.value.details()
+        release.set()
+        for stream in held:
+            assert list(stream) == []
+        assert [a.request_id for a in stub.StreamTargets(iter([good(4)]), timeout=TIMEOUT)] == [4]
+
+
 def fetch_metrics(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
         return reply.read().decode()
