@@ -155,7 +155,7 @@ class Hostile:
     payload: bytes  # a serialized TargetsRequest, or bytes that only look like one
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
     n &= (1 << 64) - 1  # negative int64 as protobuf writes it: ten bytes of two's complement
     out = bytearray()
     while True:
@@ -166,24 +166,24 @@ def _varint(n: int) -> bytes:
 
 
 def _length_delimited(field: int, data: bytes) -> bytes:
-    return _varint(field << 3 | 2) + _varint(len(data)) + data
+    return varint(field << 3 | 2) + varint(len(data)) + data
 
 
 def tensor_bytes(shape, dtype: int, data: bytes) -> bytes:
     """A `lnpt.v1.Tensor` written by hand, so shapes and dtypes the generated code rejects still go out."""
-    packed = b"".join(_varint(d) for d in shape)
+    packed = b"".join(varint(d) for d in shape)
     out = _length_delimited(1, packed) if shape else b""
     if dtype:
-        out += _varint(2 << 3 | 0) + _varint(dtype)
+        out += varint(2 << 3 | 0) + varint(dtype)
     return out + (_length_delimited(3, data) if data else b"")
 
 
 def request_bytes(request_id: int, tensor: bytes | None, target_dtype: int = 0, version: str = "") -> bytes:
-    out = _varint(1 << 3 | 0) + _varint(request_id)
+    out = varint(1 << 3 | 0) + varint(request_id)
     if tensor is not None:
         out += _length_delimited(2, tensor)
     if target_dtype:
-        out += _varint(3 << 3 | 0) + _varint(target_dtype)
+        out += varint(3 << 3 | 0) + varint(target_dtype)
     if version:
         out += _length_delimited(4, version.encode())
     return out
@@ -264,6 +264,20 @@ def wrong_host_certificate(pki_folder: Path) -> tuple[Path, Path]:
 
 
 # --- memory ------------------------------------------------------------------------------------------
+
+def send_tcp_garbage(port: int, rng: random.Random, connections: int, timeout: float = 5) -> None:
+    """Open `connections` plain TCP connections and send random bytes (not even HTTP/2) on each,
+    reading until the server drops the connection."""
+    for _ in range(connections):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(rng.randbytes(rng.randint(1, 4096)))
+            sock.settimeout(timeout)
+            try:
+                while sock.recv(4096):
+                    pass
+            except (ConnectionResetError, socket.timeout):
+                pass
+
 
 def _status_kib(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import collections
 import random
-import socket
 import tempfile
 import threading
 import time
@@ -247,7 +246,7 @@ def scenario_slow_clients(rep: Report, checkpoint, folder, local, images, health
 def scenario_hostile(rep: Report, checkpoint, folder, local, images, cases: int, seed: int) -> None:
     import grpc
 
-    from lnpt.benchmarks.faults import good_request_bytes, hostile_request, peak_rss_bytes, rss_bytes
+    from lnpt.benchmarks.faults import good_request_bytes, hostile_request, peak_rss_bytes, rss_bytes, send_tcp_garbage
     from lnpt.edge.guidance import GuidanceClient, RetryPolicy
 
     limit = 65536
@@ -281,15 +280,7 @@ def scenario_hostile(rep: Report, checkpoint, folder, local, images, cases: int,
             by_family[case.family][code] += 1
             rep.codes[code] += 1
         garbage = max(10, cases // 100)
-        for _ in range(garbage):  # not even HTTP/2
-            with socket.create_connection(("127.0.0.1", proc.port), timeout=10) as sock:
-                sock.sendall(rng.randbytes(rng.randint(1, 4096)))
-                sock.settimeout(5)
-                try:
-                    while sock.recv(4096):
-                        pass
-                except (ConnectionResetError, socket.timeout):
-                    pass
+        send_tcp_garbage(proc.port, rng, garbage)
         stop.set()
         thread.join(60)
         back_to_zero = wait_for(lambda: metrics(proc)["lnpt_open_streams"] == 0)

@@ -47,6 +47,23 @@ def make_teacher(path, arch: str = "lenet5", input_spec=None, num_classes: int =
     return Path(path)
 
 
+def make_student(path, arch: str = "lenet5", density: float = 0.5, seed: int = 1) -> Path:
+    """A student with random masks keeping `density` of every layer, saved as a student file."""
+    import torch
+    from torch.nn.utils import prune
+
+    from lnpt.edge.student import prunable_modules, save_student
+    from lnpt.shared.data import FASHION_MNIST_CLASSES, FASHION_MNIST_SPEC
+    from lnpt.shared.zoo import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(arch, 10, FASHION_MNIST_SPEC)
+    for module in prunable_modules(model).values():
+        prune.random_unstructured(module, "weight", 1 - density)
+    save_student(path, model, input_spec=FASHION_MNIST_SPEC, class_names=list(FASHION_MNIST_CLASSES))
+    return Path(path)
+
+
 def server_config(overrides: Sequence[str] = (), tls: TestPki | None = None, mutual: bool = False,
                   port: int = 0) -> Config:
     base = [f"server.port={port}", "server.metrics_port=0", "server.grace_seconds=5", "batcher.threads=1"]

@@ -12,6 +12,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from servers import make_teacher, running_server
 
+from lnpt.benchmarks.faults import varint
+
 from lnpt.shared.codec import decode, encode
 from lnpt.shared.data import normalize
 from lnpt.shared.protocol import guidance_pb2 as pb
@@ -44,15 +46,6 @@ def raw_stream(channel: grpc.Channel):
         request_serializer=lambda m: m if isinstance(m, bytes) else m.SerializeToString(),
         response_deserializer=pb.TargetsResponse.FromString,
     )
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def test_teacher_info_describes_the_teacher(teacher_path, teacher):

@@ -9,7 +9,6 @@ the same scenarios at full size (32 streams x 200 batches, thousands of hostile 
 from __future__ import annotations
 
 import random
-import socket
 import threading
 import time
 import urllib.request
@@ -21,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from servers import make_teacher
 
-from lnpt.benchmarks.faults import good_request_bytes, hostile_request, peak_rss_bytes, request_bytes, rss_bytes, tensor_bytes
+from lnpt.benchmarks.faults import (good_request_bytes, hostile_request, peak_rss_bytes, request_bytes, rss_bytes,
+                                    send_tcp_garbage, tensor_bytes)
 from lnpt.cloud.process import ServerProcess, free_port
 from lnpt.edge.guidance import GuidanceClient, RetryPolicy
 from lnpt.shared.protocol import guidance_pb2 as pb
@@ -256,16 +256,7 @@ def test_hostile_requests_get_a_defined_status_and_never_hurt_the_server(teacher
         each_hostile_request_ends_its_stream_with_a_defined_code()
 
         # Garbage straight onto the TCP port (not HTTP/2 at all): the connection is dropped, nothing else.
-        rng = random.Random(7)
-        for _ in range(20):
-            with socket.create_connection(("127.0.0.1", proc.port), timeout=10) as sock:
-                sock.sendall(rng.randbytes(rng.randint(1, 4096)))
-                sock.settimeout(10)
-                try:
-                    while sock.recv(4096):
-                        pass
-                except (ConnectionResetError, socket.timeout):
-                    pass
+        send_tcp_garbage(proc.port, random.Random(7), 20, timeout=10)
 
         stop.set()
         thread.join(60)

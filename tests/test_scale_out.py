@@ -14,21 +14,19 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
-from torch.nn.utils import prune
 
 from recording import Recording
-from servers import make_teacher, running_server
+from servers import make_student, make_teacher, running_server
 
 from lnpt.cloud.process import ServerProcess, free_port
 from lnpt.edge.guidance import GuidanceClient, RetryPolicy
-from lnpt.edge.student import load_student, prunable_modules, save_student
+from lnpt.edge.student import load_student
 from lnpt.edge.teachers import LocalTeacher
 from lnpt.edge.training.sources import ImageSource
 from lnpt.edge.training.trainer import GuidedTrainer
 from lnpt.shared.config import load_config
-from lnpt.shared.data import FASHION_MNIST_CLASSES, FASHION_MNIST_SPEC
+from lnpt.shared.data import FASHION_MNIST_SPEC
 from lnpt.shared.teacher import Teacher
-from lnpt.shared.zoo import build_model
 
 EPOCHS, BATCH, IMAGES = 4, 32, 320  # 10 steps per epoch; the trainer opens one stream per epoch
 KILL_AT_STEP = 15  # mid-epoch 1
@@ -54,13 +52,7 @@ def teacher_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def student_path(tmp_path_factory):
-    torch.manual_seed(1)
-    model = build_model("lenet5", 10, FASHION_MNIST_SPEC)
-    for module in prunable_modules(model).values():
-        prune.random_unstructured(module, "weight", 0.5)
-    path = tmp_path_factory.mktemp("student") / "S.pt"
-    save_student(path, model, input_spec=FASHION_MNIST_SPEC, class_names=list(FASHION_MNIST_CLASSES))
-    return path
+    return make_student(tmp_path_factory.mktemp("student") / "S.pt")
 
 
 def train(student_path, images, source, log=None):

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.nn.utils import prune
 
 from recording import Recording
-from servers import free_port, make_teacher, running_server, server_process
+from servers import free_port, make_student, make_teacher, running_server, server_process
 
-from lnpt.edge.student import load_student, prunable_modules, save_student
+from lnpt.edge.student import load_student
 from lnpt.edge.training.evaluate import evaluate
 from lnpt.edge.teachers import LocalTeacher
 from lnpt.edge.training.sources import ImageSource
@@ -31,7 +30,6 @@ from lnpt.shared.cli import main
 from lnpt.shared.config import load_config
 from lnpt.shared.data import FASHION_MNIST_CLASSES, FASHION_MNIST_SPEC, write_image_folder
 from lnpt.shared.teacher import Teacher
-from lnpt.shared.zoo import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,13 +47,7 @@ def teacher_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def student_path(tmp_path_factory):
-    torch.manual_seed(1)
-    model = build_model("lenet5", 10, FASHION_MNIST_SPEC)
-    for module in prunable_modules(model).values():
-        prune.random_unstructured(module, "weight", 0.5)
-    path = tmp_path_factory.mktemp("student") / "S.pt"
-    save_student(path, model, input_spec=FASHION_MNIST_SPEC, class_names=list(FASHION_MNIST_CLASSES))
-    return path
+    return make_student(tmp_path_factory.mktemp("student") / "S.pt")
 
 
 def train_config(*overrides: str):
