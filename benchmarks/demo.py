@@ -37,12 +37,12 @@ MARKER = ".lnpt-demo"  # only a folder holding this marker is ever deleted by --
 class DemoSettings:
     out: Path = Path("runs/demo")
     teacher_model: str = "lenet5"
-    teacher_epochs: int = 4
+    teacher_epochs: int = 15
     teacher_images: int = 0
     student_model: str = "lenet5"
     sparsity: float = 0.9
     train_images: int = 60000
-    epochs: int = 2
+    epochs: int = 8
     test_images: int = 10000
     threads: int = 2
 
