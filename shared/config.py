@@ -154,6 +154,7 @@ class TrainConfig:
     max_steps: int = field(default=0, metadata=at_least(0))  # 0 = no limit (for quick runs)
     seed: int = 0
     threads: int = field(default=0, metadata=at_least(0))  # torch threads; 0 = torch default
+    device: str = "cpu"  # where the student trains: cpu, cuda, cuda:0 (e.g. a Jetson's GPU)
 
 
 @dataclass

@@ -294,3 +294,15 @@ print("CLOUD", sorted(a for a in attempts if a.startswith(("lnpt.cloud", "promet
                           env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert "CLOUD []" in done.stdout, done.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU, so cuda is a valid device")
+def test_an_unavailable_or_unknown_device_stops_with_a_clear_message(teacher_path, student_path, tmp_path, capsys):
+    common = ["train", "--student", str(student_path), "--teacher", str(teacher_path), "--max-steps", "2",
+              "--out", str(tmp_path / "s.pt"), "--no-progress"]
+    assert main([*common, "--device", "cuda"]) == 2
+    assert "train.device = 'cuda', but torch sees no CUDA device here" in capsys.readouterr().err
+    assert main([*common, "--device", "gpu"]) == 2
+    assert "train.device = 'gpu' is not a device torch knows" in capsys.readouterr().err
+    assert main([*common, "--device", "cpu"]) == 0
+    assert load_student(tmp_path / "s.pt")[1].extra["training"]["steps"] == 2

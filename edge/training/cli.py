@@ -66,6 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "turns augmentation off (cached targets exist only for the original pixels)")
     train.add_argument("--seed", type=int, help="seed of the sample order and augmentation (train.seed)")
     train.add_argument("--threads", type=int, help="torch threads (train.threads; 0 = torch default)")
+    train.add_argument("--device", help="train on cpu (default) or cuda / cuda:N, e.g. a Jetson's GPU (train.device)")
     train.add_argument("--log-jsonl", metavar="FILE", help="append one JSON line per step/epoch/checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_client_options(train)
@@ -95,6 +96,8 @@ def train_overrides(args: argparse.Namespace) -> list[str]:
             out.append(f"train.{key}={getattr(args, flag)}")
     if args.optimizer:
         out.append(f"train.optimizer={quoted(args.optimizer)}")
+    if args.device:
+        out.append(f"train.device={quoted(args.device)}")
     if args.no_augment:
         out.append("train.augment=false")
     if args.target_cache:

@@ -36,6 +36,19 @@ class TrainingError(LnptError, RuntimeError):
     """Training cannot start or continue; the message says why and what to do."""
 
 
+def training_device(name: str) -> torch.device:
+    """The device to train on (`train.device`); refuses a CUDA device this machine does not have."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise TrainingError(f"train.device = {name!r} is not a device torch knows: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"train.device = {name!r}, but torch sees no CUDA device here "
+                            f"(torch {torch.__version__}); use cpu, or install a CUDA build of torch "
+                            "(on a Jetson: NVIDIA's JetPack wheel)")
+    return device
+
+
 def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     """The sample order of one epoch, a function of (seed, epoch) only."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
@@ -87,7 +100,10 @@ class GuidedTrainer:
         self.checkpoint_path, self.cache, self.log, self.progress = checkpoint_path, cache, log, progress
         self.augment = train.augment and cache is None  # cached targets exist only for un-augmented pixels
         self.gap_kind = objective.gap
+        self.device = training_device(train.device)
+        self.model.to(self.device)
         self.objective = objective_from_config(objective, model.feature_dim, teacher_dim or model.feature_dim)
+        self.objective.to(self.device)
         self.batch_size = min(train.batch_size, len(images))
         self.steps_per_epoch = len(images) // self.batch_size  # the last partial batch is dropped
         total = train.epochs * self.steps_per_epoch
@@ -212,6 +228,8 @@ class GuidedTrainer:
 
     def train_step(self, images: torch.Tensor, features: torch.Tensor, logits: torch.Tensor) -> tuple[float, float]:
         self.model.train()
+        images = images.to(self.device, non_blocking=True)
+        features, logits = features.to(self.device), logits.to(self.device)
         student_features, student_logits = self.model.features_and_logits(normalize(images, self.spec))
         loss = self.objective.loss(student_features, student_logits, Targets(features, logits))
         self.optimizer.zero_grad(set_to_none=True)
