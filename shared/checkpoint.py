@@ -30,10 +30,14 @@ class CheckpointError(LnptError, RuntimeError):
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], Any]) -> Path:
-    """Write a file via a temporary sibling + fsync + rename: a crash never leaves half a file."""
+    """Write a file via a temporary sibling + fsync + rename: a crash never leaves half a file.
+
+    The temporary name carries the writer's pid, so a later write removes what a killed writer left.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_orphaned_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -44,6 +48,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], A
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_orphaned_temporaries(path: Path) -> None:
+    """Delete `.NAME.PID.*.tmp` siblings whose writing process no longer exists."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not process_exists(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:

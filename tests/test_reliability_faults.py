@@ -20,6 +20,7 @@ from servers import make_teacher, running_server
 
 from lnpt.benchmarks.faults import FaultProxy
 from lnpt.edge.guidance import GuidanceClient, RetryPolicy
+from lnpt.shared.checkpoint import atomic_save
 from lnpt.shared.teacher import Teacher
 
 FAST_RETRY = RetryPolicy(max_attempts=40, max_wait_seconds=30, base_seconds=0.05, max_seconds=0.5)
@@ -106,6 +107,9 @@ def test_client_killed_during_checkpoint_writes_leaves_the_previous_checkpoint_l
         step = state["step"]
         assert step >= 1
         assert torch.equal(state["weights"], torch.full((2_000_000,), float(step)))  # not a torn mix
+    # The next write clears what the killed writers left half-written beside the checkpoint.
+    atomic_save({"step": 0}, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
 
 def test_corrupt_checkpoint_onnx_and_config_files_fail_clearly_and_are_left_alone(tmp_path):
