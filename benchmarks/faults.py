@@ -18,6 +18,8 @@ import random
 import socket
 import struct
 import threading
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -277,6 +279,23 @@ def send_tcp_garbage(port: int, rng: random.Random, connections: int, timeout: f
                     pass
             except (ConnectionResetError, socket.timeout):
                 pass
+
+
+def metrics(proc) -> dict[str, float]:
+    """The server's Prometheus samples by name (labels included), scraped from its metrics port."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{proc.metrics_port}/metrics", timeout=10) as reply:
+        lines = reply.read().decode().splitlines()
+    return {name: float(value) for name, _, value in (line.rpartition(" ") for line in lines if not line.startswith("#"))}
+
+
+def wait_for(condition, timeout: float = 30) -> bool:
+    """Poll `condition()` until it is true (True) or `timeout` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _status_kib(pid: int, field: str) -> int:

@@ -21,9 +21,9 @@ import random
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
+from lnpt.benchmarks.faults import metrics, wait_for
 from lnpt.shared.cli import add_format_option, emit
 
 MiB = 1 << 20
@@ -47,24 +47,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
-def metrics(proc) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{proc.metrics_port}/metrics", timeout=10) as reply:
-        lines = reply.read().decode().splitlines()
-    return {name: float(value) for name, _, value in (line.rpartition(" ") for line in lines if not line.startswith("#"))}
-
-
 def server_errors(proc) -> dict[str, int]:
     prefix = 'lnpt_errors_total{code="'
     return {name[len(prefix):-2]: int(v) for name, v in metrics(proc).items() if name.startswith(prefix) and v}
-
-
-def wait_for(condition, timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 class Report:

@@ -31,6 +31,14 @@ def fashion_test():
 
 
 @pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    """A test CA with server (localhost, 127.0.0.1) and client certificates."""
+    from lnpt.cloud.certs import generate_test_pki
+
+    return generate_test_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
 def real_photo_folder(tmp_path_factory) -> Path:
     """A flat folder of real photographs (scikit-image's samples) as PNG and JPEG files."""
     from PIL import Image

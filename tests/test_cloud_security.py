@@ -26,11 +26,6 @@ def teacher_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory) -> TestPki:
-    return generate_test_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
 def other_pki(tmp_path_factory) -> TestPki:
     return generate_test_pki(tmp_path_factory.mktemp("other-pki"))
 

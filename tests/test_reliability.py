@@ -11,7 +11,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-import urllib.request
 
 import grpc
 import pytest
@@ -20,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from servers import make_teacher
 
-from lnpt.benchmarks.faults import (good_request_bytes, hostile_request, peak_rss_bytes, request_bytes, rss_bytes,
-                                    send_tcp_garbage, tensor_bytes)
+from lnpt.benchmarks.faults import (good_request_bytes, hostile_request, metrics, peak_rss_bytes, request_bytes,
+                                    rss_bytes, send_tcp_garbage, tensor_bytes, wait_for)
 from lnpt.cloud.process import ServerProcess, free_port
 from lnpt.edge.guidance import GuidanceClient, RetryPolicy
 from lnpt.shared.protocol import guidance_pb2 as pb
@@ -47,21 +46,6 @@ def local(teacher_path):
 def start_server(teacher_path, tmp_path, overrides=()) -> ServerProcess:
     return ServerProcess(teacher_path, metrics_port=free_port(), log_path=tmp_path / "server.log",
                          overrides=["server.grace_seconds=2", *overrides]).start()
-
-
-def metrics(proc: ServerProcess) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{proc.metrics_port}/metrics", timeout=10) as reply:
-        lines = reply.read().decode().splitlines()
-    return {name: float(value) for name, _, value in (line.rpartition(" ") for line in lines if not line.startswith("#"))}
-
-
-def wait_for(condition, timeout: float = 20) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def run_clients(address: str, batches_per_client: list[list[torch.Tensor]]) -> list[dict]:

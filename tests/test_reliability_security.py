@@ -10,7 +10,7 @@ import torch
 from servers import make_teacher, running_server, server_process
 
 from lnpt.benchmarks.faults import expired_certificate, wrong_host_certificate
-from lnpt.cloud.certs import TestPki, generate_test_pki
+from lnpt.cloud.certs import TestPki
 from lnpt.edge.guidance import GuidanceAuthError, GuidanceClient, GuidanceError, RetryPolicy
 from lnpt.shared.codec import encode
 from lnpt.shared.config import load_config
@@ -24,11 +24,6 @@ NO_RETRY = RetryPolicy(max_attempts=2, max_wait_seconds=1, base_seconds=0.01, ma
 @pytest.fixture(scope="module")
 def teacher_path(tmp_path_factory):
     return make_teacher(tmp_path_factory.mktemp("teacher") / "T.pt")
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory) -> TestPki:
-    return generate_test_pki(tmp_path_factory.mktemp("pki"))
 
 
 def pixels(n: int) -> torch.Tensor:
