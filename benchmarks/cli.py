@@ -6,8 +6,7 @@ a module with `register(actions)` adding its `lnpt bench NAME` parser.
 from __future__ import annotations
 
 import argparse
-
-from lnpt.shared.cli import optional_module
+import importlib
 
 BENCH_MODULES = ("lnpt.benchmarks.serve", "lnpt.benchmarks.prune", "lnpt.benchmarks.train",
                  "lnpt.benchmarks.export", "lnpt.benchmarks.reliability",
@@ -19,9 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmarks that report side-by-side ratios (not tests)")
     actions = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     for name in BENCH_MODULES:
-        if (module := optional_module(name)) is not None:
-            module.register(actions)
+        importlib.import_module(name).register(actions)
     for name in COMMAND_MODULES:
-        if (module := optional_module(name)) is not None:
-            module.register(sub)
+        importlib.import_module(name).register(sub)
 

@@ -5,13 +5,11 @@ Each command group lives beside the code it drives and adds itself through `regi
 from __future__ import annotations
 
 import argparse
-
-from lnpt.shared.cli import optional_module
+import importlib
 
 COMMAND_MODULES = ("lnpt.edge.pruning.cli", "lnpt.edge.training.cli", "lnpt.edge.export.cli")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     for name in COMMAND_MODULES:
-        if (module := optional_module(name)) is not None:
-            module.register(sub)
+        importlib.import_module(name).register(sub)

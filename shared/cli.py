@@ -18,16 +18,6 @@ from lnpt.shared.errors import LnptError
 COMMAND_MODULES = ("lnpt.cloud.cli", "lnpt.edge.cli", "lnpt.benchmarks.cli")
 
 
-def optional_module(name: str):
-    """Import a command module; None when it (or its package) does not exist in this install."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if not exc.name or not (name == exc.name or name.startswith(exc.name + ".")):
-            raise  # a missing dependency inside the module is a real error
-        return None
-
-
 def add_config_options(parser: argparse.ArgumentParser) -> None:
     """`--config FILE` and repeatable `--set section.key=value`, shared by every command."""
     parser.add_argument("--config", metavar="FILE", help="TOML config file; every key is listed in docs/CONFIG.md")
