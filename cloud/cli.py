@@ -5,9 +5,8 @@ Heavy imports (torch, grpc) stay inside the handlers so `lnpt --help` stays fast
 from __future__ import annotations
 
 import argparse
-import json
 
-from lnpt.shared.cli import add_config_options, add_format_option, config_from_args, emit
+from lnpt.shared.cli import add_config_options, add_format_option, config_from_args, emit, flag_overrides
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +27,7 @@ def register_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, help="gRPC port (server.port, default 50051; 0 = any free port)")
     p.add_argument("--metrics-port", type=int,
                    help="Prometheus port (server.metrics_port, default 9464; 0 = any free port, -1 = off)")
-    p.add_argument("--insecure", action="store_true", help="plaintext gRPC without TLS (local use only)")
+    p.add_argument("--insecure", action="store_true", default=None, help="plaintext gRPC without TLS (local use only)")
     p.add_argument("--cert", help="PEM server certificate (server.cert)")
     p.add_argument("--key", help="PEM private key of --cert (server.key)")
     p.add_argument("--client-ca", help="PEM CA; clients must present a certificate it signed (mutual TLS)")
@@ -38,28 +37,16 @@ def register_serve(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_serve)
 
 
-def serve_overrides(args: argparse.Namespace) -> list[str]:
-    """Map flags to config keys so flags, --set and the file go through one validation."""
-    flags = {"host": "server.host", "port": "server.port", "metrics_port": "server.metrics_port",
-             "cert": "server.cert", "key": "server.key", "client_ca": "server.client_ca",
-             "tokens_file": "server.tokens_file", "log_format": "server.log_format"}
-    out = []
-    for attr, key in flags.items():
-        value = getattr(args, attr)
-        if value is not None:
-            out.append(f"{key}={toml_value(value)}")
-    if args.insecure:
-        out.append("server.insecure=true")
-    return out
-
-
-def toml_value(value) -> str:
-    """A flag value as a TOML literal for `section.key=value` (JSON strings are valid TOML strings)."""
-    return json.dumps(value) if isinstance(value, str) else str(value)
+SERVE_FLAGS = {"host": "server.host", "port": "server.port", "metrics_port": "server.metrics_port",
+               "insecure": "server.insecure", "cert": "server.cert", "key": "server.key",
+               "client_ca": "server.client_ca", "tokens_file": "server.tokens_file",
+               "log_format": "server.log_format"}
+TEACHER_FLAGS = {"model": "teacher.model", "epochs": "teacher.epochs", "batch_size": "teacher.batch_size",
+                 "lr": "teacher.lr", "root": "data.root"}
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    config = config_from_args(args, serve_overrides(args))
+    config = config_from_args(args, flag_overrides(args, SERVE_FLAGS))
     from lnpt.cloud.logs import setup_logging
     from lnpt.cloud.server import serve
 
@@ -98,14 +85,7 @@ def register_teacher(sub: argparse._SubParsersAction) -> None:
 
 
 def run_teacher_train(args: argparse.Namespace) -> int:
-    flags = {"model": "teacher.model", "epochs": "teacher.epochs", "batch_size": "teacher.batch_size",
-             "lr": "teacher.lr", "root": "data.root"}
-    overrides = []
-    for attr, key in flags.items():
-        value = getattr(args, attr)
-        if value is not None:
-            overrides.append(f"{key}={toml_value(value)}")
-    config = config_from_args(args, overrides)
+    config = config_from_args(args, flag_overrides(args, TEACHER_FLAGS))
     from lnpt.cloud.logs import setup_logging
     from lnpt.cloud.teacher_train import train_teacher
 

@@ -30,6 +30,23 @@ def add_format_option(parser: argparse.ArgumentParser) -> None:
                         help="text for people (default) or one JSON object on stdout for machines")
 
 
+def flag_overrides(args: argparse.Namespace, keys: dict[str, str]) -> list[str]:
+    """`section.key=value` overrides for the flags in `keys` (attribute -> config key) that were given.
+
+    Flags that map to config keys default to None, so only what the user typed overrides the file;
+    values become TOML literals (JSON strings are valid TOML strings, whatever a path contains).
+    """
+    out = []
+    for attr, key in keys.items():
+        value = getattr(args, attr)
+        if value is None:
+            continue
+        literal = ("true" if value else "false") if isinstance(value, bool) else \
+            json.dumps(value) if isinstance(value, str) else str(value)
+        out.append(f"{key}={literal}")
+    return out
+
+
 def config_from_args(args: argparse.Namespace, extra_overrides: Sequence[str] = ()):
     """The validated Config for a command: file, then --set, then flags the command maps to keys."""
     from lnpt.shared.config import load_config

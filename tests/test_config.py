@@ -69,3 +69,27 @@ def test_config_reference_lists_every_key_with_its_default(repo_root):
                 "true" if value is True else "false" if value is False
                 else json.dumps(value) if isinstance(value, (str, list)) else repr(value))
     assert documented == expected
+
+
+def test_flags_become_validated_overrides_only_when_given(tmp_path):
+    """Flags map to config keys through one helper: untouched flags leave the file's values alone,
+    any path survives quoting, and the result goes through the same validation as the file."""
+    import argparse
+
+    from lnpt.shared.cli import flag_overrides
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--token-file")
+    parser.add_argument("--insecure", action="store_true", default=None)
+    parser.add_argument("--no-augment", dest="augment", action="store_false", default=None)
+    parser.add_argument("--epochs", type=int)
+    keys = {"token_file": "client.token_file", "insecure": "client.insecure", "augment": "train.augment",
+            "epochs": "train.epochs"}
+    path = tmp_path / 'odd "dir" \\ name' / "token"
+    given = parser.parse_args(["--token-file", str(path), "--no-augment", "--epochs", "3"])
+    config = load_config(None, flag_overrides(given, keys))
+    assert config.client.token_file == str(path) and config.train.augment is False and config.train.epochs == 3
+    file = tmp_path / "edge.toml"
+    file.write_text("[client]\ninsecure = true\n[train]\nepochs = 7\n")
+    untouched = load_config(file, flag_overrides(parser.parse_args([]), keys))
+    assert untouched.client.insecure is True and untouched.train.epochs == 7 and untouched.train.augment is True

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from lnpt.shared.cli import add_config_options, add_format_option, config_from_args, emit
+from lnpt.shared.cli import add_config_options, add_format_option, config_from_args, emit, flag_overrides
 
 DESCRIPTION = """\
 Export a pruned student to ONNX for on-device runtimes, and verify every file written.
@@ -60,17 +60,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_export)
 
 
-def overrides_from_flags(args: argparse.Namespace) -> list[str]:
-    """Flags become `export.key=value` overrides so they pass the same validation as the file."""
-    mapping = {"storage": "format", "quantize": "quantize", "opset": "opset", "logits_only": "logits_only",
-               "ort": "ort", "tolerance": "tolerance", "samples": "samples", "verify_samples": "verify_samples",
-               "calibration": "calibration", "calibration_samples": "calibration_samples"}
-    overrides = []
-    for flag, key in mapping.items():
-        value = getattr(args, flag)
-        if value is not None:
-            overrides.append(f"export.{key}={json.dumps(value)}")  # JSON literals are TOML literals here
-    return overrides
+EXPORT_FLAGS = {flag: f"export.{key}" for flag, key in {
+    "storage": "format", "quantize": "quantize", "opset": "opset", "logits_only": "logits_only", "ort": "ort",
+    "tolerance": "tolerance", "samples": "samples", "verify_samples": "verify_samples",
+    "calibration": "calibration", "calibration_samples": "calibration_samples"}.items()}
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -78,7 +71,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     from lnpt.edge.export.pipeline import ExportOptions, export_student
 
-    config = config_from_args(args, overrides_from_flags(args))
+    config = config_from_args(args, flag_overrides(args, EXPORT_FLAGS))
     torch.set_num_threads(args.threads)
     options = ExportOptions.from_config(config, eval_fashion_mnist=args.eval_fashion_mnist, threads=args.threads)
 

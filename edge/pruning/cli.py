@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lnpt.shared.cli import add_config_options, add_format_option, config_from_args, emit
+from lnpt.shared.cli import add_config_options, add_format_option, config_from_args, emit, flag_overrides
 
 SCORES = ("lnpt", "snip", "grasp", "synflow", "magnitude", "random")
 
@@ -39,19 +39,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--teacher", metavar="ADDRESS|CHECKPOINT",
                         help="an existing teacher file (offline), or the guidance server's host:port "
                              "(default: client.addresses of the config, when the score needs the teacher)")
-    parser.add_argument("--insecure", action="store_true", help="connect to the server without TLS")
+    parser.add_argument("--insecure", action="store_true", default=None, help="connect to the server without TLS")
     parser.add_argument("--out", required=True, metavar="FILE", help="student file to write")
     parser.add_argument("--scope", choices=("global", "local"), help="global top-k (default) or per-layer top-k")
     parser.add_argument("--samples", type=int, help="unlabeled samples to score with (default 10 x classes)")
     parser.add_argument("--batch-size", type=int, help="samples per forward/backward (default 64)")
     parser.add_argument("--min-layer-density", type=float, metavar="FRACTION",
                         help="every layer keeps at least this fraction of its weights (default 0.01)")
-    parser.add_argument("--keep-classifier-dense", action="store_true", help="never prune the final Linear")
+    parser.add_argument("--keep-classifier-dense", action="store_true", default=None, help="never prune the final Linear")
     parser.add_argument("--objective", choices=("auto", "learning-gap", "cross-entropy"),
                         help="objective of snip/grasp and channel pruning (auto: learning gap for lnpt, "
                              "cross-entropy for snip/grasp)")
     parser.add_argument("--synflow-rounds", type=int, help="SynFlow rounds (default 100)")
-    parser.add_argument("--synflow-float64", action="store_true", help="run SynFlow in float64")
+    parser.add_argument("--synflow-float64", action="store_true", default=None, help="run SynFlow in float64")
     parser.add_argument("--seed", type=int, help="seed of the student's initialisation and the sample choice")
     parser.add_argument("--report", metavar="FILE", help="JSON report path (default: OUT with .prune.json)")
     parser.add_argument("--chart", metavar="FILE", help="PNG chart path (default: OUT with .prune.png)")
@@ -60,21 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_prune)
 
 
-def flag_overrides(args: argparse.Namespace) -> list[str]:
-    """Map flags to config keys, so flags, --set and the file go through one validation."""
-    values = {"score": args.score, "sparsity": args.sparsity, "structured": args.structured,
-              "scope": args.scope, "samples": args.samples, "batch_size": args.batch_size,
-              "min_layer_density": args.min_layer_density, "objective": args.objective,
-              "synflow_rounds": args.synflow_rounds, "seed": args.seed}
-    overrides = [f"prune.{key}={value}" if not isinstance(value, str) else f'prune.{key}="{value}"'
-                 for key, value in values.items() if value is not None]
-    if args.keep_classifier_dense:
-        overrides.append("prune.keep_classifier_dense=true")
-    if args.synflow_float64:
-        overrides.append("prune.synflow_float64=true")
-    if args.insecure:
-        overrides.append("client.insecure=true")
-    return overrides
+PRUNE_FLAGS = {**{flag: f"prune.{flag}" for flag in (
+    "score", "sparsity", "structured", "scope", "samples", "batch_size", "min_layer_density", "objective",
+    "synflow_rounds", "seed", "keep_classifier_dense", "synflow_float64")}, "insecure": "client.insecure"}
 
 
 def run_prune(args: argparse.Namespace) -> int:
@@ -87,7 +75,7 @@ def run_prune(args: argparse.Namespace) -> int:
     from lnpt.edge.student import save_student
     from lnpt.shared.zoo import MODEL_NAMES, build_model
 
-    config = config_from_args(args, flag_overrides(args))
+    config = config_from_args(args, flag_overrides(args, PRUNE_FLAGS))
     cfg = config.prune
     progress = sys.stderr.isatty()
     objective_kind = pipeline.resolve_objective(cfg.score, cfg.objective, cfg.structured > 0)

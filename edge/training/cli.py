@@ -5,20 +5,16 @@ import argparse
 import json
 from pathlib import Path
 
-from lnpt.shared.cli import add_config_options, add_format_option, config_from_args, emit
+from lnpt.shared.cli import add_config_options, add_format_option, config_from_args, emit, flag_overrides
 
 TEACHER_HELP = ("teacher to learn from: HOST:PORT of a guidance server (several, comma-separated, are "
                 "balanced round-robin by gRPC), or a teacher model file for offline runs "
                 "(default: client.addresses)")
 
 
-def quoted(value) -> str:
-    return json.dumps(str(value))  # a TOML string, whatever characters a path has
-
-
 def add_client_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("connection to the teacher ([client] config section)")
-    group.add_argument("--insecure", action="store_true", help="plaintext gRPC (no TLS); for local tests only")
+    group.add_argument("--insecure", action="store_true", default=None, help="plaintext gRPC (no TLS); for local tests only")
     group.add_argument("--ca-cert", metavar="PEM", help="CA that signed the server certificate (default: system roots)")
     group.add_argument("--client-cert", metavar="PEM", help="client certificate for mutual TLS")
     group.add_argument("--client-key", metavar="PEM", help="private key of --client-cert")
@@ -27,15 +23,11 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--prefetch", type=int, metavar="N", help="batches requested ahead of training (default 4)")
 
 
-def client_overrides(args: argparse.Namespace) -> list[str]:
-    out = ["client.insecure=true"] if args.insecure else []
-    for flag, key in (("ca_cert", "ca_cert"), ("client_cert", "client_cert"), ("client_key", "client_key"),
-                      ("token_file", "token_file"), ("server_name", "server_name")):
-        if getattr(args, flag):
-            out.append(f"client.{key}={quoted(getattr(args, flag))}")
-    if args.prefetch is not None:
-        out.append(f"client.prefetch={args.prefetch}")
-    return out
+CLIENT_FLAGS = {flag: f"client.{flag}" for flag in (
+    "insecure", "ca_cert", "client_cert", "client_key", "token_file", "server_name", "prefetch")}
+TRAIN_FLAGS = {**CLIENT_FLAGS, **{flag: f"train.{flag}" for flag in (
+    "epochs", "batch_size", "lr", "max_steps", "checkpoint_every", "seed", "threads", "optimizer", "device",
+    "augment", "target_cache")}}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -60,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--max-steps", type=int, help="stop after this many steps in all (train.max_steps)")
     train.add_argument("--checkpoint-every", type=int, metavar="STEPS",
                        help="checkpoint every N steps besides each epoch (train.checkpoint_every; 0 = per epoch only)")
-    train.add_argument("--no-augment", action="store_true", help="train on the pixels as they are")
+    train.add_argument("--no-augment", dest="augment", action="store_false", default=None,
+                       help="train on the pixels as they are")
     train.add_argument("--target-cache", metavar="DIR",
                        help="cache targets of un-augmented samples in DIR so later epochs/runs need no network; "
                             "turns augmentation off (cached targets exist only for the original pixels)")
@@ -88,23 +81,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.set_defaults(handler=run_eval)
 
 
-def train_overrides(args: argparse.Namespace) -> list[str]:
-    out = client_overrides(args)
-    for flag, key in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"), ("max_steps", "max_steps"),
-                      ("checkpoint_every", "checkpoint_every"), ("seed", "seed"), ("threads", "threads")):
-        if getattr(args, flag) is not None:
-            out.append(f"train.{key}={getattr(args, flag)}")
-    if args.optimizer:
-        out.append(f"train.optimizer={quoted(args.optimizer)}")
-    if args.device:
-        out.append(f"train.device={quoted(args.device)}")
-    if args.no_augment:
-        out.append("train.augment=false")
-    if args.target_cache:
-        out.append(f"train.target_cache={quoted(args.target_cache)}")
-    return out
-
-
 def run_train(args: argparse.Namespace) -> int:
     import torch
 
@@ -115,7 +91,7 @@ def run_train(args: argparse.Namespace) -> int:
     from lnpt.edge.training.target_cache import TargetCache
     from lnpt.edge.training.trainer import GuidedTrainer, sample_keys
 
-    config = config_from_args(args, train_overrides(args))
+    config = config_from_args(args, flag_overrides(args, TRAIN_FLAGS))
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     model, record = load_student(args.student)
@@ -182,7 +158,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from lnpt.edge.training.evaluate import evaluate, labeled_folder
     from lnpt.shared.data import load_fashion_mnist
 
-    config = config_from_args(args, client_overrides(args))
+    config = config_from_args(args, flag_overrides(args, CLIENT_FLAGS))
     model, record = load_student(args.student)
     if args.data:
         images, labels = labeled_folder(args.data, record.input_spec, record.class_names)
