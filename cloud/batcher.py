@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lnpt.shared.data import normalize
-from lnpt.shared.teacher import Teacher
+from lnpt.shared.teacher_model import Teacher
 
 log = logging.getLogger("lnpt.cloud.batcher")
 

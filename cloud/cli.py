@@ -87,7 +87,7 @@ def register_teacher(sub: argparse._SubParsersAction) -> None:
 def run_teacher_train(args: argparse.Namespace) -> int:
     config = config_from_args(args, flag_overrides(args, TEACHER_FLAGS))
     from lnpt.cloud.logs import setup_logging
-    from lnpt.cloud.teacher_train import train_teacher
+    from lnpt.cloud.teacher_training import train_teacher
 
     setup_logging(config.server.log_format)
     result = train_teacher(config, args.out, device=args.device, json_lines=args.format == "json")
@@ -99,7 +99,7 @@ def run_teacher_train(args: argparse.Namespace) -> int:
 
 
 def run_teacher_eval(args: argparse.Namespace) -> int:
-    from lnpt.cloud.teacher_train import evaluate_checkpoint
+    from lnpt.cloud.teacher_training import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.checkpoint, batch_size=args.batch_size, limit=args.limit, root=args.root)
     emit(args, result, f"{result['arch']} version {result['version']}: test accuracy "

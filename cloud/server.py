@@ -22,7 +22,7 @@ from lnpt.cloud.service import GuidanceServicer
 from lnpt.shared.config import Config, ConfigError
 from lnpt.shared.protocol import guidance_pb2 as pb
 from lnpt.shared.protocol import guidance_pb2_grpc
-from lnpt.shared.teacher import Teacher
+from lnpt.shared.teacher_model import Teacher
 
 log = logging.getLogger("lnpt.cloud.server")
 

@@ -22,7 +22,7 @@ from lnpt.shared.codec import CodecError, decode, dtype_name, encode
 from lnpt.shared.config import Config
 from lnpt.shared.protocol import guidance_pb2 as pb
 from lnpt.shared.protocol import guidance_pb2_grpc
-from lnpt.shared.teacher import INPUT_DTYPES, PROTOCOL_VERSION, TARGET_DTYPES, Teacher
+from lnpt.shared.teacher_model import INPUT_DTYPES, PROTOCOL_VERSION, TARGET_DTYPES, Teacher
 
 log = logging.getLogger("lnpt.cloud.service")
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from lnpt.shared.checkpoint import CheckpointError, ModelFile, load_model, save_model
+from lnpt.shared.model_file import ModelFileError, ModelFile, load_model, save_model
 from lnpt.shared.zoo import InputSpec, ZooNet
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
@@ -29,13 +29,13 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
     modules = prunable_modules(model)
     unknown = set(masks) - set(modules)
     if unknown:
-        raise CheckpointError(f"masks name layers the model does not have: {sorted(unknown)[:5]}")
+        raise ModelFileError(f"masks name layers the model does not have: {sorted(unknown)[:5]}")
     for name, mask in masks.items():
         module = modules[name]
         if prune.is_pruned(module) and hasattr(module, "weight_mask"):
             prune.remove(module, "weight")
         if mask.shape != module.weight.shape:
-            raise CheckpointError(f"mask for {name} has shape {tuple(mask.shape)}, "
+            raise ModelFileError(f"mask for {name} has shape {tuple(mask.shape)}, "
                                   f"weight has {tuple(module.weight.shape)}")
         prune.custom_from_mask(module, "weight", mask.to(module.weight.device, torch.bool))
 

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from lnpt.shared import __version__
 from lnpt.shared.errors import LnptError
 
-COMMAND_MODULES = ("lnpt.cloud.cli", "lnpt.edge.cli", "lnpt.benchmarks.cli")
+COMMAND_MODULES = ("lnpt.cloud.cli", "lnpt.edge.cli", "lnpt.lab.cli")
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:

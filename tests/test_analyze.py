@@ -54,7 +54,7 @@ def test_missing_teacher_and_bad_numbers_are_named(tmp_path, capsys):
 
 
 def test_spearman_uses_ranks_and_averages_ties():
-    from lnpt.benchmarks.experiment import spearman
+    from lnpt.lab.paper.experiment import spearman
 
     assert spearman([1, 2, 3, 4], [10, 20, 30, 1000]) == pytest.approx(1.0)  # monotone, not linear
     assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
@@ -66,7 +66,7 @@ def test_spearman_uses_ranks_and_averages_ties():
 def test_linear_cka_ignores_rotation_and_scale_but_not_noise():
     import torch
 
-    from lnpt.benchmarks.experiment import linear_cka
+    from lnpt.lab.paper.experiment import linear_cka
 
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(500, 16, generator=generator)

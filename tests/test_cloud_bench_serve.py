@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 
-from servers import make_teacher
+from support.servers import make_teacher
 
 
 def test_bench_serve_json_has_the_ratios(tmp_path):

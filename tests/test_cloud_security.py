@@ -8,7 +8,7 @@ import grpc
 import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from servers import make_teacher, running_server
+from support.servers import make_teacher, running_server
 
 from lnpt.cloud.certs import TestPki, generate_test_pki
 from lnpt.shared.codec import encode

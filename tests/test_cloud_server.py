@@ -10,15 +10,15 @@ import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from servers import make_teacher, running_server
+from support.servers import make_teacher, running_server
 
-from lnpt.benchmarks.faults import varint
+from lnpt.lab.testing.faults import varint
 
 from lnpt.shared.codec import decode, encode
 from lnpt.shared.data import normalize
 from lnpt.shared.protocol import guidance_pb2 as pb
 from lnpt.shared.protocol import guidance_pb2_grpc
-from lnpt.shared.teacher import Teacher
+from lnpt.shared.teacher_model import Teacher
 from lnpt.shared.zoo import InputSpec
 
 STREAM_METHOD = "/lnpt.v1.Guidance/StreamTargets"
@@ -376,7 +376,7 @@ def test_health_goes_not_serving_on_drain_and_open_streams_finish(teacher_path):
 def test_lnpt_serve_process_logs_json_and_drains_on_sigterm(teacher_path, tmp_path):
     import json
 
-    from servers import server_process
+    from support.servers import server_process
 
     with server_process(teacher_path, ['server.log_format="json"'], log_path=tmp_path / "serve.log") as proc:
         with grpc.insecure_channel(proc.address) as channel:

@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
-from lnpt.shared.checkpoint import load_model
+from lnpt.shared.model_file import load_model
 from lnpt.shared.cli import main
-from lnpt.shared.teacher import Teacher
+from lnpt.shared.teacher_model import Teacher
 
 
 def test_teacher_train_and_eval(tmp_path, capsys):
@@ -38,9 +38,9 @@ def test_teacher_train_and_eval(tmp_path, capsys):
 
 
 def test_loading_a_wrong_or_corrupt_file_fails_clearly(tmp_path, capsys):
-    from servers import make_teacher
+    from support.servers import make_teacher
 
-    from lnpt.shared.checkpoint import save_model
+    from lnpt.shared.model_file import save_model
     from lnpt.shared.data import FASHION_MNIST_CLASSES, FASHION_MNIST_SPEC
     from lnpt.shared.zoo import build_model
 

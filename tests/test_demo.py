@@ -6,7 +6,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from lnpt.benchmarks.demo import Demo, DemoSettings
+from lnpt.lab.demo import Demo, DemoSettings
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from servers import make_teacher, running_server
+from support.servers import make_teacher, running_server
 
 from lnpt.cloud.certs import generate_test_pki
 from lnpt.cloud.process import free_port

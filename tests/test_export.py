@@ -16,7 +16,7 @@ from lnpt.edge.export.onnx_export import ExportError
 from lnpt.edge.export.pipeline import ExportOptions, export_student
 from lnpt.edge.export.sparse import layer_weights
 from lnpt.edge.student import load_student, prunable_modules, save_student
-from lnpt.shared.checkpoint import CheckpointError, save_model
+from lnpt.shared.model_file import ModelFileError, save_model
 from lnpt.shared.cli import main
 from lnpt.shared.data import FASHION_MNIST_CLASSES, FASHION_MNIST_SPEC, normalize
 from lnpt.shared.zoo import build_model
@@ -199,7 +199,7 @@ def test_corrupt_and_mismatched_students_are_refused(students, tmp_path, capsys)
     for path, message in ((garbage, "not a readable lnpt model file"), (truncated, "not a readable lnpt model file"),
                           (teacher, "is a teacher model file, expected a student"),
                           (tmp_path / "missing.pt", "no such file")):
-        with pytest.raises(CheckpointError, match=message):
+        with pytest.raises(ModelFileError, match=message):
             export_student(path, tmp_path / "x.onnx", ExportOptions())
     # through the CLI: one clear line, exit status 2, nothing written
     assert main(["export", "--student", str(teacher), "--out", str(tmp_path / "x.onnx")]) == 2
@@ -213,7 +213,7 @@ def test_structured_flag_without_narrowed_weights_is_refused(students, tmp_path)
     wrong = tmp_path / "mismatched.pt"
     save_model(wrong, model, kind="student", input_spec=record.input_spec, class_names=record.class_names,
                extra={**record.extra, "structured": False})
-    with pytest.raises(CheckpointError, match="do not fit architecture"):
+    with pytest.raises(ModelFileError, match="do not fit architecture"):
         export_student(wrong, tmp_path / "x.onnx", ExportOptions())
 
 

@@ -1,4 +1,4 @@
-"""`lnpt bench grid --profile tiny` end to end on real Fashion-MNIST: every run recorded with its
+"""`lnpt analyze grid --profile tiny` end to end on real Fashion-MNIST: every run recorded with its
 numbers, a Markdown table, a valid PNG, resuming skips finished runs, a changed recipe is refused."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def tiny_teacher(tmp_path_factory):
     """A real (briefly trained) LeNet-5 teacher, made with the cloud's recipe."""
-    from lnpt.cloud.teacher_train import train_teacher
+    from lnpt.cloud.teacher_training import train_teacher
     from lnpt.shared.config import load_config
 
     path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
@@ -25,7 +25,7 @@ def tiny_teacher(tmp_path_factory):
 
 
 def grid(capsys, out, teacher, *extra):
-    code = main(["bench", "grid", "--profile", "tiny", "--out", str(out), "--teacher", str(teacher),
+    code = main(["analyze", "grid", "--profile", "tiny", "--out", str(out), "--teacher", str(teacher),
                  "--threads", "1", "--format", "json", *extra])
     captured = capsys.readouterr()
     return code, (json.loads(captured.out) if code == 0 else None), captured.err
@@ -84,7 +84,7 @@ def test_bad_grid_options_are_named(tmp_path, tiny_teacher, capsys):
 def test_label_free_arm_gets_no_labels():
     import torch
 
-    from lnpt.benchmarks.experiment import objective_for, targets_for
+    from lnpt.lab.paper.experiment import objective_for, targets_for
     from lnpt.shared.objectives import ObjectiveError, Targets
 
     guidance = Targets(torch.randn(4, 8), torch.randn(4, 10))

@@ -7,12 +7,12 @@ import time
 import pytest
 import torch
 
-from servers import make_teacher, running_server, server_process
+from support.servers import make_teacher, running_server, server_process
 
-from lnpt.edge.guidance import (GuidanceAuthError, GuidanceClient, GuidanceError, GuidanceUnavailable,
+from lnpt.edge.teachers.remote import (GuidanceAuthError, GuidanceClient, GuidanceError, GuidanceUnavailable,
                                 RetryPolicy, TeacherMismatch, channel_target)
 from lnpt.shared.protocol import guidance_pb2 as pb
-from lnpt.shared.teacher import Teacher
+from lnpt.shared.teacher_model import Teacher
 
 FAST_RETRY = RetryPolicy(max_attempts=40, max_wait_seconds=30, base_seconds=0.05, max_seconds=0.5)
 
@@ -107,7 +107,7 @@ def test_tls_and_mutual_tls(teacher_path, images, tmp_path):
 
 
 def test_unreachable_server_gives_up_within_the_bounded_budget(images):
-    from servers import free_port
+    from support.servers import free_port
 
     client = GuidanceClient(f"127.0.0.1:{free_port()}", insecure=True,
                             retry=RetryPolicy(max_attempts=4, max_wait_seconds=5, base_seconds=0.01, max_seconds=0.05))

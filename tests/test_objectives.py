@@ -5,11 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lnpt.shared.checkpoint import save_model
+from lnpt.shared.model_file import save_model
 from lnpt.shared.data import FASHION_MNIST_CLASSES, FASHION_MNIST_SPEC, normalize
 from lnpt.shared.objectives import (CrossEntropy, LearningGap, LogitKD, ObjectiveError, Targets, WeightedSum,
                                     guided_objective, learning_gap, logit_kd, objective_from_config)
-from lnpt.shared.teacher import Teacher
+from lnpt.shared.teacher_model import Teacher
 from lnpt.shared.zoo import build_model
 
 

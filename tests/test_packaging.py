@@ -24,7 +24,7 @@ def test_wheel_installs_namespaced_packages_only(repo_root, tmp_path):
                     "-q", "--no-deps", str(wheel)], check=True)
     # Only after installing: pip would otherwise see this environment's lnpt and skip the wheel.
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    code = "import lnpt.shared, lnpt.cloud, lnpt.edge, lnpt.benchmarks; print(lnpt.shared.__file__)"
+    code = "import lnpt.shared, lnpt.cloud, lnpt.edge, lnpt.lab; print(lnpt.shared.__file__)"
     out = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True,
                          check=True, cwd=tmp_path).stdout
     assert str(site) in out

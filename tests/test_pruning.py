@@ -13,7 +13,7 @@ from lnpt.edge.pruning.pipeline import make_batches, make_scorer
 from lnpt.edge.pruning.report import density_report, format_table, write_chart, write_json
 from lnpt.edge.teachers import LocalTeacher
 from lnpt.edge.student import current_masks, load_student, make_permanent, prunable_modules, save_student, sparsity
-from lnpt.shared.checkpoint import save_model
+from lnpt.shared.model_file import save_model
 from lnpt.shared.data import FASHION_MNIST_CLASSES, FASHION_MNIST_SPEC, adapt, normalize
 from lnpt.shared.objectives import CrossEntropy, LearningGap, Targets, guided_objective
 from lnpt.shared.zoo import InputSpec, build_model

@@ -5,10 +5,10 @@ import json
 
 import pytest
 import torch
-from servers import make_teacher, running_server
+from support.servers import make_teacher, running_server
 
 from lnpt.edge.student import load_student, prunable_modules, sparsity
-from lnpt.shared.checkpoint import load_model
+from lnpt.shared.model_file import load_model
 from lnpt.shared.cli import main
 from lnpt.shared.data import write_image_folder
 

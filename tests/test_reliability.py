@@ -17,14 +17,14 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from servers import make_teacher
+from support.servers import make_teacher
 
-from lnpt.benchmarks.faults import (good_request_bytes, hostile_request, metrics, peak_rss_bytes, request_bytes,
+from lnpt.lab.testing.faults import (good_request_bytes, hostile_request, metrics, peak_rss_bytes, request_bytes,
                                     rss_bytes, send_tcp_garbage, tensor_bytes, wait_for)
 from lnpt.cloud.process import ServerProcess, free_port
-from lnpt.edge.guidance import GuidanceClient, RetryPolicy
+from lnpt.edge.teachers.remote import GuidanceClient, RetryPolicy
 from lnpt.shared.protocol import guidance_pb2 as pb
-from lnpt.shared.teacher import Teacher
+from lnpt.shared.teacher_model import Teacher
 
 STREAM_METHOD = "/lnpt.v1.Guidance/StreamTargets"
 RETRY = RetryPolicy(max_attempts=200, max_wait_seconds=60, base_seconds=0.02, max_seconds=0.3)

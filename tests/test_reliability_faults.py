@@ -16,12 +16,12 @@ import time
 
 import pytest
 import torch
-from servers import make_teacher, running_server
+from support.servers import make_teacher, running_server
 
-from lnpt.benchmarks.faults import FaultProxy
-from lnpt.edge.guidance import GuidanceClient, RetryPolicy
-from lnpt.shared.checkpoint import atomic_save
-from lnpt.shared.teacher import Teacher
+from lnpt.lab.testing.faults import FaultProxy
+from lnpt.edge.teachers.remote import GuidanceClient, RetryPolicy
+from lnpt.shared.files import atomic_save
+from lnpt.shared.teacher_model import Teacher
 
 FAST_RETRY = RetryPolicy(max_attempts=40, max_wait_seconds=30, base_seconds=0.05, max_seconds=0.5)
 
@@ -84,7 +84,7 @@ def test_a_silently_dead_link_is_detected_by_keepalive_and_the_stream_resumes(te
 
 WRITER = """
 import sys, torch
-from lnpt.shared.checkpoint import atomic_save
+from lnpt.shared.files import atomic_save
 path = sys.argv[1]
 i = 0
 while True:
@@ -116,7 +116,7 @@ def test_corrupt_checkpoint_onnx_and_config_files_fail_clearly_and_are_left_alon
     from lnpt.edge.export.onnx_export import ExportError
     from lnpt.edge.export.verify import session
     from lnpt.edge.training.checkpoints import load_checkpoint, save_checkpoint
-    from lnpt.shared.checkpoint import CheckpointError
+    from lnpt.shared.model_file import ModelFileError
     from lnpt.shared.config import ConfigError, load_config
 
     good = save_checkpoint(tmp_path / "good.ckpt", {"step": 3})
@@ -125,7 +125,7 @@ def test_corrupt_checkpoint_onnx_and_config_files_fail_clearly_and_are_left_alon
     for name, data in cases.items():
         path = tmp_path / name
         path.write_bytes(data)
-        with pytest.raises(CheckpointError, match=f"{name}: (unreadable checkpoint|not an lnpt training checkpoint)"):
+        with pytest.raises(ModelFileError, match=f"{name}: (unreadable checkpoint|not an lnpt training checkpoint)"):
             load_checkpoint(path)
         assert path.read_bytes() == data  # a failed load never rewrites the file
 

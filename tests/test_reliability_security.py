@@ -7,11 +7,11 @@ from __future__ import annotations
 import grpc
 import pytest
 import torch
-from servers import make_teacher, running_server, server_process
+from support.servers import make_teacher, running_server, server_process
 
-from lnpt.benchmarks.faults import expired_certificate, wrong_host_certificate
+from lnpt.lab.testing.faults import expired_certificate, wrong_host_certificate
 from lnpt.cloud.certs import TestPki
-from lnpt.edge.guidance import GuidanceAuthError, GuidanceClient, GuidanceError, RetryPolicy
+from lnpt.edge.teachers.remote import GuidanceAuthError, GuidanceClient, GuidanceError, RetryPolicy
 from lnpt.shared.codec import encode
 from lnpt.shared.config import load_config
 from lnpt.shared.protocol import guidance_pb2 as pb

@@ -15,18 +15,18 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from recording import Recording
-from servers import make_student, make_teacher, running_server
+from support.recording import Recording
+from support.servers import make_student, make_teacher, running_server
 
 from lnpt.cloud.process import ServerProcess, free_port
-from lnpt.edge.guidance import GuidanceClient, RetryPolicy
+from lnpt.edge.teachers.remote import GuidanceClient, RetryPolicy
 from lnpt.edge.student import load_student
 from lnpt.edge.teachers import LocalTeacher
-from lnpt.edge.training.sources import ImageSource
+from lnpt.edge.training.image_source import ImageSource
 from lnpt.edge.training.trainer import GuidedTrainer
 from lnpt.shared.config import load_config
 from lnpt.shared.data import FASHION_MNIST_SPEC
-from lnpt.shared.teacher import Teacher
+from lnpt.shared.teacher_model import Teacher
 
 EPOCHS, BATCH, IMAGES = 4, 32, 320  # 10 steps per epoch; the trainer opens one stream per epoch
 KILL_AT_STEP = 15  # mid-epoch 1

@@ -18,25 +18,25 @@ from pathlib import Path
 import pytest
 import torch
 
-from recording import Recording
-from servers import free_port, make_student, make_teacher, running_server, server_process
+from support.recording import Recording
+from support.servers import free_port, make_student, make_teacher, running_server, server_process
 
 from lnpt.edge.student import load_student
-from lnpt.edge.training.evaluate import evaluate
+from lnpt.edge.evaluate import evaluate
 from lnpt.edge.teachers import LocalTeacher
-from lnpt.edge.training.sources import ImageSource
+from lnpt.edge.training.image_source import ImageSource
 from lnpt.edge.training.trainer import GuidedTrainer
 from lnpt.shared.cli import main
 from lnpt.shared.config import load_config
 from lnpt.shared.data import FASHION_MNIST_CLASSES, FASHION_MNIST_SPEC, write_image_folder
-from lnpt.shared.teacher import Teacher
+from lnpt.shared.teacher_model import Teacher
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def teacher_path(tmp_path_factory):
-    from lnpt.cloud.teacher_train import train_teacher
+    from lnpt.cloud.teacher_training import train_teacher
 
     path = tmp_path_factory.mktemp("teacher") / "T.pt"
     config = load_config(None, ['teacher.model="lenet5"', "teacher.epochs=2", "teacher.train_samples=6000",
@@ -93,7 +93,7 @@ def test_guided_training_learns_without_labels(teacher_path, student_path, fashi
 
 def test_server_killed_mid_epoch_training_completes_without_repeating_or_skipping(
         teacher_path, student_path, fashion_train, tmp_path):
-    from lnpt.edge.guidance import GuidanceClient, RetryPolicy
+    from lnpt.edge.teachers.remote import GuidanceClient, RetryPolicy
 
     teacher = Teacher.load(teacher_path)
     model, record = load_student(student_path)
@@ -287,7 +287,7 @@ args = parser.parse_args(["train", "--student", {str(student_path)!r}, "--data",
                           "--teacher", {str(teacher_path)!r}, "--max-steps", "2", "--batch-size", "32",
                           "--out", {str(tmp_path / "s.pt")!r}, "--no-progress"])
 assert args.handler(args) == 0
-import lnpt.edge.guidance
+import lnpt.edge.teachers.remote
 print("CLOUD", sorted(a for a in attempts if a.startswith(("lnpt.cloud", "prometheus_client"))))
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,

@@ -27,7 +27,7 @@ COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY cloud ./cloud
 COPY edge ./edge
-COPY benchmarks ./benchmarks
+COPY lab ./lab
 # Exact versions from requirements.lock (as constraints: only what .[cloud] needs is installed).
 RUN /opt/lnpt/bin/pip install -c requirements.lock ".[cloud]"
 

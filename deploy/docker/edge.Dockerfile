@@ -19,7 +19,7 @@ COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY cloud ./cloud
 COPY edge ./edge
-COPY benchmarks ./benchmarks
+COPY lab ./lab
 RUN /opt/lnpt/bin/pip install -c requirements.lock ".[edge]"
 
 FROM ${PYTHON_IMAGE}

@@ -102,7 +102,7 @@ def export_student(student: str | Path, out: str | Path, options: ExportOptions,
     from lnpt.edge.export.onnx_export import serialize, to_onnx
     from lnpt.edge.export.verify import reference_outputs, verify
     from lnpt.edge.student import load_student
-    from lnpt.shared.checkpoint import atomic_write
+    from lnpt.shared.files import atomic_write
     from lnpt.shared.data import normalize
     from lnpt.shared.zoo import build_model
 
@@ -290,7 +290,7 @@ def convert_to_ort(onnx_bytes: bytes, reference, quantized: bool, check: dict) -
 
 def write_sidecar(result: dict) -> None:
     """The app-facing description of the artifact, beside it (model.onnx -> model.onnx.json)."""
-    from lnpt.shared.checkpoint import atomic_write
+    from lnpt.shared.files import atomic_write
 
     sidecar = {"format": SIDECAR_FORMAT, "format_version": SIDECAR_VERSION,
                "verification_criteria": {

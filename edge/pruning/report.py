@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from lnpt.edge.student import prunable_modules
-from lnpt.shared.checkpoint import atomic_write
+from lnpt.shared.files import atomic_write
 
 
 def layer_counts(model: nn.Module) -> dict[str, tuple[int, int]]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from lnpt.shared.checkpoint import CheckpointError, atomic_save
+from lnpt.shared.model_file import ModelFileError, atomic_save
 
 FORMAT = "lnpt-train-checkpoint"
 FORMAT_VERSION = 1
@@ -29,15 +29,15 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no checkpoint to resume from (train without --resume to start fresh)")
+        raise ModelFileError(f"{path}: no checkpoint to resume from (train without --resume to start fresh)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise ModelFileError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not an lnpt training checkpoint")
+        raise ModelFileError(f"{path}: not an lnpt training checkpoint")
     if state.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format {state.get('format_version')} is not supported")
+        raise ModelFileError(f"{path}: checkpoint format {state.get('format_version')} is not supported")
     return state
 
 

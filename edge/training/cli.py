@@ -87,7 +87,7 @@ def run_train(args: argparse.Namespace) -> int:
     from lnpt.edge.student import load_student, save_student
     from lnpt.edge.teachers import open_teacher
     from lnpt.edge.training.checkpoints import load_checkpoint
-    from lnpt.edge.training.sources import ImageSource
+    from lnpt.edge.training.image_source import ImageSource
     from lnpt.edge.training.target_cache import TargetCache
     from lnpt.edge.training.trainer import GuidedTrainer, sample_keys
 
@@ -155,7 +155,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from lnpt.edge.student import load_student
     from lnpt.edge.teachers import open_teacher
-    from lnpt.edge.training.evaluate import evaluate, labeled_folder
+    from lnpt.edge.evaluate import evaluate, labeled_folder
     from lnpt.shared.data import load_fashion_mnist
 
     config = config_from_args(args, flag_overrides(args, CLIENT_FLAGS))

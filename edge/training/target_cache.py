@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from lnpt.shared.checkpoint import CheckpointError, atomic_save
+from lnpt.shared.model_file import ModelFileError, atomic_save
 
 FORMAT = "lnpt-target-cache"
 
@@ -30,7 +30,7 @@ def digest(image: torch.Tensor) -> bytes:
 class TargetCache:
     def __init__(self, folder: str | os.PathLike, teacher_version: str):
         if not teacher_version:
-            raise CheckpointError("a target cache needs the teacher version it belongs to")
+            raise ModelFileError("a target cache needs the teacher version it belongs to")
         self.path = Path(folder) / f"{teacher_version}.pt"
         self.teacher_version = teacher_version
         self.rows: dict[bytes, int] = {}
@@ -46,7 +46,7 @@ class TargetCache:
             assert raw["format"] == FORMAT and raw["teacher_version"] == self.teacher_version
             keys, features, logits = raw["digests"], raw["features"], raw["logits"]
         except Exception as exc:  # unreadable: say so rather than silently refetching everything
-            raise CheckpointError(f"target cache {self.path} is unreadable ({exc}); delete it to rebuild") from exc
+            raise ModelFileError(f"target cache {self.path} is unreadable ({exc}); delete it to rebuild") from exc
         self.rows = {bytes(k.tolist()): i for i, k in enumerate(keys)}
         self.features, self.logits = list(features), list(logits)
 

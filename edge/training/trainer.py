@@ -23,7 +23,7 @@ import torch
 
 from lnpt.edge.training.augment import batch_generator
 from lnpt.edge.training.checkpoints import load_checkpoint, restore_rng, save_checkpoint
-from lnpt.edge.training.sources import ImageSource
+from lnpt.edge.training.image_source import ImageSource
 from lnpt.edge.training.target_cache import TargetCache, digest
 from lnpt.shared.config import ObjectiveConfig, TrainConfig
 from lnpt.shared.data import normalize, random_crop_flip

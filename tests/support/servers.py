@@ -1,6 +1,6 @@
 """Real guidance servers for tests: in a background thread, or as an `lnpt serve` subprocess.
 
-    from servers import make_teacher, running_server, server_process
+    from support.servers import make_teacher, running_server, server_process
 
     teacher_path = make_teacher(tmp_path / "T.pt")            # untrained lenet5, Fashion-MNIST spec
     with running_server(teacher_path) as srv:                  # insecure, 127.0.0.1, ephemeral port
@@ -35,7 +35,7 @@ def make_teacher(path, arch: str = "lenet5", input_spec=None, num_classes: int =
     """An untrained teacher model file (real architecture, random weights): enough to test serving."""
     import torch
 
-    from lnpt.shared.checkpoint import save_model
+    from lnpt.shared.model_file import save_model
     from lnpt.shared.data import FASHION_MNIST_CLASSES, FASHION_MNIST_SPEC
     from lnpt.shared.zoo import build_model
 

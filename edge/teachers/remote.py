@@ -29,8 +29,8 @@ import torch
 from lnpt.shared.errors import LnptError
 from lnpt.shared.protocol import guidance_pb2 as pb
 from lnpt.shared.protocol import guidance_pb2_grpc
-from lnpt.shared.teacher import PROTOCOL_VERSION
-from lnpt.edge.teachers import TargetSource, TeacherMismatch
+from lnpt.shared.teacher_model import PROTOCOL_VERSION
+from lnpt.edge.teachers.source import TargetSource, TeacherMismatch
 from lnpt.shared.codec import CodecError, decode, encode
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED,

@@ -115,7 +115,7 @@ class Demo:
     @contextmanager
     def stage(self, name: str) -> Iterator[dict[str, Any]]:
         """Run a stage once; its result dict is saved (atomically) and reused next time."""
-        from lnpt.shared.checkpoint import atomic_write
+        from lnpt.shared.files import atomic_write
 
         number = STAGES.index(name) + 1
         record_path = self.path(f"stages/{name}.json")
@@ -168,7 +168,7 @@ class Demo:
         with self.stage("teacher") as result:
             if result is None:
                 return
-            from lnpt.cloud.teacher_train import train_teacher
+            from lnpt.cloud.teacher_training import train_teacher
             from lnpt.shared.config import load_config
 
             config = load_config(None, [f'teacher.model="{self.s.teacher_model}"',
@@ -183,7 +183,7 @@ class Demo:
             if result is None:
                 return
             from lnpt.cloud.certs import generate_test_pki
-            from lnpt.shared.checkpoint import atomic_write
+            from lnpt.shared.files import atomic_write
 
             pki = generate_test_pki(self.path("tls"))
             token = secrets.token_urlsafe(32)
@@ -212,7 +212,7 @@ class Demo:
         """Start the TLS + token server (once) and write the edge's config file; returns the address."""
         if self.server is None:
             from lnpt.cloud.process import ServerProcess
-            from lnpt.shared.checkpoint import atomic_write
+            from lnpt.shared.files import atomic_write
 
             tls = self.results["tls"]
             self.log("  starting `lnpt serve` with TLS and a bearer token on loopback")
@@ -272,9 +272,9 @@ class Demo:
 
     def evaluate(self, student: Path, address: str) -> dict[str, Any]:
         """Accuracy on the real test set (labels read here only), agreement and learning gap vs the teacher."""
-        from lnpt.edge.guidance import GuidanceClient
+        from lnpt.edge.teachers.remote import GuidanceClient
         from lnpt.edge.student import load_student
-        from lnpt.edge.training.evaluate import evaluate
+        from lnpt.edge.evaluate import evaluate
         from lnpt.shared.config import load_config
         from lnpt.shared.data import load_fashion_mnist
 
@@ -397,7 +397,7 @@ def plot_training(log: Path, out: Path) -> None:
 
 
 def write_report(path: Path, results: dict[str, Any], report: dict[str, Any], settings: DemoSettings) -> None:
-    from lnpt.shared.checkpoint import atomic_write
+    from lnpt.shared.files import atomic_write
 
     def rel(p: str) -> str:
         return Path(p).resolve().relative_to(path.parent.resolve()).as_posix()

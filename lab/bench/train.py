@@ -64,7 +64,7 @@ def supervised_steps_per_s(model, spec, images, labels, batch_size: int, steps: 
 
 
 def guided(student_path, images, address: str, steps: int, batch_size: int, prefetch: int):
-    from lnpt.edge.guidance import GuidanceClient
+    from lnpt.edge.teachers.remote import GuidanceClient
     from lnpt.edge.student import load_student
     from lnpt.edge.training.trainer import GuidedTrainer
     from lnpt.shared.config import load_config
@@ -84,8 +84,8 @@ def run(args: argparse.Namespace) -> int:
 
     from lnpt.cloud.process import ServerProcess
     from lnpt.edge.student import load_student, save_student
-    from lnpt.edge.training.sources import ImageSource
-    from lnpt.shared.checkpoint import save_model
+    from lnpt.edge.training.image_source import ImageSource
+    from lnpt.shared.model_file import save_model
     from lnpt.shared.config import load_config
     from lnpt.shared.data import FASHION_MNIST_CLASSES, FASHION_MNIST_SPEC, load_fashion_mnist
     from lnpt.shared.zoo import build_model

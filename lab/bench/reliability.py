@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from lnpt.benchmarks.faults import metrics, wait_for
+from lnpt.lab.testing.faults import metrics, wait_for
 from lnpt.shared.cli import add_format_option, emit
 
 MiB = 1 << 20
@@ -105,7 +105,7 @@ def stream_checked(client, batches, local, latencies: list[float] | None = None)
 
 
 def many_clients(address: str, local, per_client: list[list], retry) -> dict:
-    from lnpt.edge.guidance import GuidanceClient
+    from lnpt.edge.teachers.remote import GuidanceClient
 
     results = [dict(lost=len(b), latencies=[], reconnects=0, error=None) for b in per_client]
     barrier = threading.Barrier(len(per_client))
@@ -149,8 +149,8 @@ def make_batches(images, clients: int, per_client: int, size: int = 8, seed: int
 # --- scenarios --------------------------------------------------------------------------------------
 
 def scenario_load(rep: Report, checkpoint, folder, local, images, clients: int, batches: int) -> None:
-    from lnpt.benchmarks.faults import peak_rss_bytes, rss_bytes
-    from lnpt.edge.guidance import RetryPolicy
+    from lnpt.lab.testing.faults import peak_rss_bytes, rss_bytes
+    from lnpt.edge.teachers.remote import RetryPolicy
 
     retry = RetryPolicy(max_attempts=500, max_wait_seconds=300, base_seconds=0.02, max_seconds=0.5)
     per_client = make_batches(images, clients, batches)
@@ -172,8 +172,8 @@ def scenario_load(rep: Report, checkpoint, folder, local, images, clients: int, 
 def scenario_slow_clients(rep: Report, checkpoint, folder, local, images, healthy_batches: int) -> None:
     import grpc
 
-    from lnpt.benchmarks.faults import good_request_bytes
-    from lnpt.edge.guidance import GuidanceClient
+    from lnpt.lab.testing.faults import good_request_bytes
+    from lnpt.edge.teachers.remote import GuidanceClient
 
     idle = 2.0
     with start_server(checkpoint, folder, "slow", [f"server.stream_idle_seconds={idle}"]) as proc:
@@ -231,8 +231,8 @@ def scenario_slow_clients(rep: Report, checkpoint, folder, local, images, health
 def scenario_hostile(rep: Report, checkpoint, folder, local, images, cases: int, seed: int) -> None:
     import grpc
 
-    from lnpt.benchmarks.faults import good_request_bytes, hostile_request, peak_rss_bytes, rss_bytes, send_tcp_garbage
-    from lnpt.edge.guidance import GuidanceClient, RetryPolicy
+    from lnpt.lab.testing.faults import good_request_bytes, hostile_request, peak_rss_bytes, rss_bytes, send_tcp_garbage
+    from lnpt.edge.teachers.remote import GuidanceClient, RetryPolicy
 
     limit = 65536
     with start_server(checkpoint, folder, "hostile", [f"server.max_message_bytes={limit}",
@@ -304,8 +304,8 @@ class BatchesUntil:
 
 
 def scenario_faults(rep: Report, checkpoint, folder, local, images, batches: int) -> None:
-    from lnpt.benchmarks.faults import FaultProxy
-    from lnpt.edge.guidance import GuidanceClient, RetryPolicy
+    from lnpt.lab.testing.faults import FaultProxy
+    from lnpt.edge.teachers.remote import GuidanceClient, RetryPolicy
 
     retry = RetryPolicy(max_attempts=60, max_wait_seconds=60, base_seconds=0.05, max_seconds=0.5)
     parts = [images[i:i + 32] for i in range(0, 32 * batches, 32)]
@@ -359,9 +359,9 @@ def scenario_faults(rep: Report, checkpoint, folder, local, images, batches: int
 def scenario_security(rep: Report, checkpoint, folder) -> None:
     import grpc
 
-    from lnpt.benchmarks.faults import expired_certificate, wrong_host_certificate
+    from lnpt.lab.testing.faults import expired_certificate, wrong_host_certificate
     from lnpt.cloud.certs import generate_test_pki
-    from lnpt.edge.guidance import GuidanceClient, GuidanceError, RetryPolicy
+    from lnpt.edge.teachers.remote import GuidanceClient, GuidanceError, RetryPolicy
     from lnpt.shared.protocol import guidance_pb2 as pb
     from lnpt.shared.protocol import guidance_pb2_grpc
 
@@ -447,7 +447,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from lnpt.shared.data import load_fashion_mnist
-    from lnpt.shared.teacher import Teacher
+    from lnpt.shared.teacher_model import Teacher
 
     torch.set_num_threads(1)
     quick = args.quick
@@ -456,7 +456,7 @@ def run(args: argparse.Namespace) -> int:
     images = load_fashion_mnist(train=False)[0][:4096]
     with tempfile.TemporaryDirectory(prefix="lnpt-reliability-") as tmp:
         folder = Path(tmp)
-        from lnpt.shared.checkpoint import save_model
+        from lnpt.shared.model_file import save_model
         from lnpt.shared.data import FASHION_MNIST_CLASSES, FASHION_MNIST_SPEC
         from lnpt.shared.zoo import build_model
 

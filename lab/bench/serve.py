@@ -57,7 +57,7 @@ def pin(core: int) -> bool:
 def default_teacher(folder: Path) -> str:
     import torch
 
-    from lnpt.shared.checkpoint import save_model
+    from lnpt.shared.model_file import save_model
     from lnpt.shared.zoo import InputSpec, build_model
 
     torch.manual_seed(0)
@@ -68,12 +68,12 @@ def default_teacher(folder: Path) -> str:
     return str(path)
 
 
-# --- raw forward (runs in a pinned subprocess: `python -m lnpt.benchmarks.serve raw ...`) -------------
+# --- raw forward (runs in a pinned subprocess: `python -m lnpt.lab.bench.serve raw ...`) -------------
 
 def raw_forward(checkpoint: str, batch: int, seconds: float, warmup: float) -> dict:
     import torch
 
-    from lnpt.shared.teacher import Teacher
+    from lnpt.shared.teacher_model import Teacher
 
     pinned = pin(SERVER_CORE)
     torch.set_num_threads(1)
@@ -90,7 +90,7 @@ def raw_forward(checkpoint: str, batch: int, seconds: float, warmup: float) -> d
 
 
 def measure_raw(checkpoint: str, batch: int, seconds: float, warmup: float) -> dict:
-    done = subprocess.run([sys.executable, "-m", "lnpt.benchmarks.serve", "raw", checkpoint, str(batch),
+    done = subprocess.run([sys.executable, "-m", "lnpt.lab.bench.serve", "raw", checkpoint, str(batch),
                            str(seconds), str(warmup)], capture_output=True, text=True, env=single_thread_env())
     if done.returncode != 0:
         raise RuntimeError(f"raw forward benchmark failed: {done.stderr[-2000:]}")
@@ -197,7 +197,7 @@ def wire_bytes(shape: tuple[int, ...], per_request: int, feature_dim: int, num_c
 def benchmark(checkpoint: str | None, batch: int, seconds: float, warmup: float, window: int) -> dict:
     import torch
 
-    from lnpt.shared.checkpoint import load_model
+    from lnpt.shared.model_file import load_model
     from lnpt.shared.codec import encode
 
     if batch < 4 or batch % 4:

@@ -27,9 +27,7 @@ LABELS = {"accuracy": "test accuracy", "distance_to_init": "||θ_t − θ_0||",
           "cka_gap": "1 − linear CKA vs teacher features"}
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    analyze = sub.add_parser("analyze", help="analyses behind the paper's claims")
-    actions = analyze.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
+def register(actions: argparse._SubParsersAction) -> None:
     parser = actions.add_parser("learning-gap", help="learning gap vs weight distances as predictors of accuracy",
                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", help="mature teacher file (default: OUT/teacher.pt, trained quickly when "
@@ -59,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from lnpt.benchmarks.experiment import ExperimentError
+    from lnpt.lab.paper.experiment import ExperimentError
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -90,9 +88,9 @@ def learning_gap_experiment(out: Path, teacher_path: Path | None, *, teacher_arc
                             lr: float | None = None, seed: int = 1, device: str = "cpu") -> dict[str, Any]:
     import torch
 
-    from lnpt.benchmarks import experiment as ex
+    from lnpt.lab.paper import experiment as ex
     from lnpt.shared.data import FASHION_MNIST_CLASSES
-    from lnpt.shared.teacher import Teacher
+    from lnpt.shared.teacher_model import Teacher
     from lnpt.shared.zoo import build_model
 
     out.mkdir(parents=True, exist_ok=True)
@@ -156,7 +154,7 @@ def plot(history: list[dict[str, Any]], correlation: dict[str, float], result: d
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lnpt.shared.checkpoint import atomic_write
+    from lnpt.shared.files import atomic_write
 
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 5, figsize=(20, 3.8))

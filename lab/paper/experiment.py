@@ -1,4 +1,4 @@
-"""Pieces shared by the paper's experiments (`lnpt analyze learning-gap`, `lnpt bench grid`).
+"""Pieces shared by the paper's experiments (`lnpt analyze learning-gap`, `lnpt analyze grid`).
 
 One compact training loop serves every arm: the objective is injected (cross-entropy on labels for
 the supervised baseline, learning gap + KD on teacher targets for the label-free arm), and so are
@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from lnpt.shared.checkpoint import atomic_write
+from lnpt.shared.files import atomic_write
 from lnpt.shared.data import adapt, load_fashion_mnist, normalize
 from lnpt.shared.errors import LnptError
 from lnpt.shared.objectives import CrossEntropy, Objective, Targets, guided_objective, learning_gap
@@ -62,7 +62,7 @@ def ensure_teacher(path: Path, arch: str, train_samples: int, epochs: int, devic
     Returns the training summary, or None when an existing file was reused."""
     if path.is_file():
         return None
-    from lnpt.cloud.teacher_train import train_teacher
+    from lnpt.cloud.teacher_training import train_teacher
     from lnpt.shared.config import load_config
 
     print(f"no teacher at {path}: training {arch} on {train_samples or 'all'} Fashion-MNIST images "

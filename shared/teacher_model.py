@@ -9,7 +9,7 @@ import os
 
 import torch
 
-from lnpt.shared.checkpoint import ModelFile, load_model
+from lnpt.shared.model_file import ModelFile, load_model
 from lnpt.shared.data import normalize
 from lnpt.shared.protocol import guidance_pb2 as pb
 

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from lnpt.edge.pruning.pipeline import make_batches, pick_samples
     from lnpt.edge.pruning.scorers import LNPT, SNIP, SynFlow
     from lnpt.edge.teachers import LocalTeacher
-    from lnpt.shared.checkpoint import save_model
+    from lnpt.shared.model_file import save_model
     from lnpt.shared.data import FASHION_MNIST_CLASSES, FASHION_MNIST_SPEC, load_fashion_mnist
     from lnpt.shared.objectives import CrossEntropy, guided_objective
     from lnpt.shared.zoo import build_model

@@ -1,4 +1,4 @@
-"""`lnpt bench grid`: pruning score x training objective x sparsity, test accuracy over seeds.
+"""`lnpt analyze grid`: pruning score x training objective x sparsity, test accuracy over seeds.
 
 Experiments 2 and 3 of the method (docs/RESULTS.md):
 - every score {lnpt, snip, grasp, synflow, magnitude, random} prunes the same seeded student before
@@ -69,8 +69,9 @@ PROFILES = {
 }
 
 
-def register(actions: argparse._SubParsersAction) -> None:
-    parser = actions.add_parser("grid", help="accuracy grid: score x guided/supervised training x sparsity",
+def register(actions: argparse._SubParsersAction, deprecated_alias: bool = False) -> None:
+    summary = "accuracy grid: score x guided/supervised training x sparsity"
+    parser = actions.add_parser("grid", help="(alias of `lnpt analyze grid`)" if deprecated_alias else summary,
                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=tuple(PROFILES), default="quick",
                         help="size of the grid (default quick: ~30 min on 2 CPU cores)")
@@ -91,7 +92,7 @@ def register(actions: argparse._SubParsersAction) -> None:
 
 
 def profile_from_args(args: argparse.Namespace) -> Profile:
-    from lnpt.benchmarks.experiment import ExperimentError
+    from lnpt.lab.paper.experiment import ExperimentError
 
     profile = PROFILES[args.profile]
     changes: dict[str, Any] = {}
@@ -163,7 +164,7 @@ def recipe_of(profile: Profile, teacher_version: str) -> dict[str, Any]:
 def load_store(path: Path, recipe: dict[str, Any], fresh: bool) -> dict[str, Any]:
     import json
 
-    from lnpt.benchmarks.experiment import ExperimentError
+    from lnpt.lab.paper.experiment import ExperimentError
 
     if fresh or not path.is_file():
         return {"recipe": recipe, "references": {}, "runs": {}}
@@ -187,7 +188,7 @@ def run_grid(profile: Profile, out: Path, teacher_path: Path | None = None, fres
     import torch
     from tqdm import tqdm
 
-    from lnpt.benchmarks import experiment as ex
+    from lnpt.lab.paper import experiment as ex
     from lnpt.edge.teachers import LocalTeacher
 
     device = torch.device(profile.device)
@@ -381,7 +382,7 @@ def plot(store: dict[str, Any], profile: Profile, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lnpt.shared.checkpoint import atomic_write
+    from lnpt.shared.files import atomic_write
 
     summary = summarise(store, profile)
     colours = dict(zip(SCORES, plt.get_cmap("tab10").colors))

@@ -1,9 +1,9 @@
-"""Where an edge command gets teacher targets: a guidance server, or a teacher file for offline work.
+"""The interface every source of teacher targets implements: `TargetSource`.
 
-Both kinds are a `TargetSource`: `info` (the TeacherInfo), `version`, `input_spec`, `where`,
-`check_student(...)`, `stream(batches)` (targets for each uint8 batch, in order), `targets(batch)`,
-`stats` and `close()`. `open_teacher` picks the kind from its argument, so `lnpt prune`, `lnpt train`
-and `lnpt eval` treat a remote and a local teacher the same way.
+A source has `info` (the TeacherInfo), `version`, `input_spec`, `where`, `check_student(...)`,
+`stream(batches)` (targets for each uint8 batch, in order), `targets(batch)`, `stats` and `close()`.
+`lnpt.edge.teachers.local` computes targets in-process from a teacher file; `lnpt.edge.teachers.remote`
+streams them from a guidance server. Neither imports the other.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 
 from lnpt.shared.errors import LnptError
 from lnpt.shared.protocol import guidance_pb2 as pb
-from lnpt.shared.teacher import Teacher
+from lnpt.shared.teacher_model import Teacher
 from lnpt.shared.zoo import InputSpec
 
 
@@ -90,37 +90,3 @@ class TargetSource:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-class LocalTeacher(TargetSource):
-    """Targets computed in-process from a teacher file: the same forward the server runs."""
-
-    def __init__(self, teacher: Teacher, where: str = "local teacher file"):
-        self.teacher = teacher
-        self.where = where
-        self.info = teacher.info()
-        self.stats = {"requests": 0, "responses": 0, "resent": 0, "reconnects": 0, "wait_seconds": 0.0}
-
-    @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> "LocalTeacher":
-        return cls(Teacher.load(path, device), str(path))
-
-    def stream(self, batches: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images in batches:
-            self.stats["requests"] += 1
-            yield self.teacher.targets(images)
-            self.stats["responses"] += 1
-
-
-def open_teacher(teacher: str | None, client_config, expected_version: str = "", device: str = "cpu") -> TargetSource:
-    """An existing file is a teacher model file (offline); anything else is the address of a guidance
-    server (`host:port`, or several comma-separated), reached with the [client] config section;
-    None means `client.addresses`."""
-    if teacher and Path(teacher).is_file():
-        return LocalTeacher.load(teacher, device)
-    if teacher and (":" not in teacher or Path(teacher).suffix in (".pt", ".pth")):
-        raise LnptError(f"teacher {teacher!r} is neither an existing teacher file nor a server address "
-                        "(host:port); check the path, or train one with `lnpt teacher train`")
-    from lnpt.edge.guidance import GuidanceClient
-
-    return GuidanceClient.from_config(client_config, teacher, expected_version=expected_version)

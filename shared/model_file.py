@@ -1,4 +1,4 @@
-"""Model files and atomic writes.
+"""Model files: how a teacher or student is saved, versioned and rebuilt.
 
 A model file (teacher or student) is a `torch.save`d dict loaded with `weights_only=True`, so a
 file from elsewhere cannot run code. It holds the architecture and everything needed to rebuild
@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -19,57 +18,15 @@ import torch
 from torch import nn
 
 from lnpt.shared.errors import LnptError
+from lnpt.shared.files import atomic_save
 from lnpt.shared.zoo import InputSpec, ZooNet, build_model
 
 FORMAT = "lnpt-model"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(LnptError, RuntimeError):
+class ModelFileError(LnptError, RuntimeError):
     """A model file is missing, corrupt, or not what the caller needs."""
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], Any]) -> Path:
-    """Write a file via a temporary sibling + fsync + rename: a crash never leaves half a file.
-
-    The temporary name carries the writer's pid, so a later write removes what a killed writer left.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_orphaned_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def remove_orphaned_temporaries(path: Path) -> None:
-    """Delete `.NAME.PID.*.tmp` siblings whose writing process no longer exists."""
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
-        if pid.isdigit() and not process_exists(int(pid)):
-            tmp.unlink(missing_ok=True)
-
-
-def process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def state_version(state_dict: dict[str, torch.Tensor]) -> str:
@@ -110,7 +67,7 @@ class ModelFile:
             try:
                 model.load_state_dict(self.state_dict)
             except RuntimeError as exc:
-                raise CheckpointError(f"weights do not fit architecture {self.arch!r}: {exc}") from exc
+                raise ModelFileError(f"weights do not fit architecture {self.arch!r}: {exc}") from exc
         return model
 
 
@@ -144,15 +101,15 @@ def load_model(path: str | os.PathLike, kind: str | None = None) -> ModelFile:
     """Read and validate a model file; `kind` ("teacher"/"student") is checked when given."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
+        raise ModelFileError(f"{path}: no such file")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for garbage input
-        raise CheckpointError(f"{path}: not a readable lnpt model file ({type(exc).__name__}: {exc})") from exc
+        raise ModelFileError(f"{path}: not a readable lnpt model file ({type(exc).__name__}: {exc})") from exc
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not an lnpt model file (missing format marker {FORMAT!r})")
+        raise ModelFileError(f"{path}: not an lnpt model file (missing format marker {FORMAT!r})")
     if raw.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format version {raw.get('format_version')} is not supported "
+        raise ModelFileError(f"{path}: format version {raw.get('format_version')} is not supported "
                               f"(this lnpt reads version {FORMAT_VERSION})")
     try:
         record = ModelFile(
@@ -161,11 +118,11 @@ def load_model(path: str | os.PathLike, kind: str | None = None) -> ModelFile:
             state_dict=dict(raw["state_dict"]), version=str(raw["version"]), extra=dict(raw.get("extra", {})),
         )
     except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: incomplete or invalid model file ({exc})") from exc
+        raise ModelFileError(f"{path}: incomplete or invalid model file ({exc})") from exc
     if kind is not None and record.kind != kind:
-        raise CheckpointError(f"{path}: is a {record.kind} model file, expected a {kind}")
+        raise ModelFileError(f"{path}: is a {record.kind} model file, expected a {kind}")
     if state_version(record.state_dict) != record.version:
-        raise CheckpointError(f"{path}: weights do not match their recorded version {record.version} (corrupt?)")
+        raise ModelFileError(f"{path}: weights do not match their recorded version {record.version} (corrupt?)")
     return record
 
 

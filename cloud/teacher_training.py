@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, TensorDataset
 from tqdm import tqdm
 
-from lnpt.shared.checkpoint import save_model
+from lnpt.shared.model_file import save_model
 from lnpt.shared.config import Config, ConfigError
 from lnpt.shared.data import (FASHION_MNIST_CLASSES, FASHION_MNIST_SPEC, adapt, load_fashion_mnist, normalize,
                               random_crop_flip)
-from lnpt.shared.teacher import Teacher
+from lnpt.shared.teacher_model import Teacher
 from lnpt.shared.zoo import MODEL_NAMES, InputSpec, build_model
 
 log = logging.getLogger("lnpt.cloud.teacher")
