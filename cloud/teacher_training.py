@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, TensorDataset
 from tqdm import tqdm
 
+from lnpt.shared.inference import outputs, top1
 from lnpt.shared.model_file import save_model
+from lnpt.shared.optim import make_optimizer
 from lnpt.shared.config import Config, ConfigError
 from lnpt.shared.data import (FASHION_MNIST_CLASSES, FASHION_MNIST_SPEC, adapt, load_fashion_mnist, normalize,
                               random_crop_flip)
@@ -76,14 +78,9 @@ class Distributed:
 
 @torch.inference_mode()
 def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, spec: InputSpec,
-             device: torch.device, batch_size: int = 512) -> float:
+             batch_size: int = 512) -> float:
     """Top-1 accuracy of `model` on uint8 images (adapted to `spec`, then normalised)."""
-    model.eval()
-    correct = 0
-    for start in range(0, len(images), batch_size):
-        x = normalize(adapt(images[start:start + batch_size], spec), spec).to(device)
-        correct += int((model(x).argmax(1).cpu() == labels[start:start + batch_size]).sum())
-    return correct / max(1, len(images))
+    return top1(outputs(model, images, spec, batch_size)[1], labels)
 
 
 def train_teacher(config: Config, out: str, device: str | None = None, json_lines: bool = False) -> dict[str, Any] | None:
@@ -119,10 +116,8 @@ def run_training(config: Config, out: str, ddp: Distributed, spec: InputSpec, js
     sampler = (DistributedSampler(dataset, ddp.world_size, ddp.rank, shuffle=True, seed=tc.seed) if ddp.enabled
                else RandomSampler(dataset, generator=torch.Generator().manual_seed(tc.seed)))
     loader = DataLoader(dataset, batch_size=tc.batch_size, sampler=sampler, drop_last=False)
-    optimizer = torch.optim.SGD(net.parameters(), lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay,
-                                nesterov=tc.momentum > 0)
-    total_steps = tc.epochs * len(loader)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+    optimizer, schedule = make_optimizer(net.parameters(), "sgd", lr=tc.lr, momentum=tc.momentum,
+                                         weight_decay=tc.weight_decay, total_steps=tc.epochs * len(loader))
     generator = torch.Generator().manual_seed(tc.seed * 1000 + ddp.rank)
     history = []
     started = time.monotonic()
@@ -156,7 +151,7 @@ def run_training(config: Config, out: str, ddp: Distributed, spec: InputSpec, js
         record = {"epoch": epoch, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
                   "lr": schedule.get_last_lr()[0], "seconds": round(time.monotonic() - started, 2)}
         if ddp.is_main:
-            record["test_accuracy"] = accuracy(model, test_x, test_y, spec, ddp.device)
+            record["test_accuracy"] = accuracy(model, test_x, test_y, spec)
             history.append(record)
             report_epoch(record, tc.epochs, json_lines)
     if not ddp.is_main:
@@ -192,7 +187,7 @@ def evaluate_checkpoint(path: str, batch_size: int = 512, limit: int = 0, root: 
     images, labels = load_fashion_mnist(False, root)
     if limit:
         images, labels = images[:limit], labels[:limit]
-    acc = accuracy(teacher.model, images, labels, teacher.input_spec, teacher.device, batch_size)
+    acc = accuracy(teacher.model, images, labels, teacher.input_spec, batch_size)
     return {"path": str(path), "arch": teacher.arch, "version": teacher.version, "samples": len(images),
             "test_accuracy": acc}
 

@@ -8,7 +8,8 @@ from typing import Sequence
 import torch
 
 from lnpt.edge.student import sparsity
-from lnpt.shared.data import DataError, UnlabeledImageFolder, adapt, normalize, safe_name
+from lnpt.shared.data import DataError, UnlabeledImageFolder, adapt, safe_name
+from lnpt.shared.inference import outputs, top1
 from lnpt.shared.objectives import learning_gap
 from lnpt.shared.zoo import InputSpec, ZooNet
 
@@ -36,33 +37,22 @@ def labeled_folder(root: str | Path, spec: InputSpec, class_names: Sequence[str]
     return torch.cat(images), torch.cat(labels)
 
 
-@torch.inference_mode()
-def student_outputs(model: ZooNet, images: torch.Tensor, spec: InputSpec, batch_size: int = 256):
-    model.eval()
-    features, logits = [], []
-    for start in range(0, len(images), batch_size):
-        f, z = model.features_and_logits(normalize(adapt(images[start:start + batch_size], spec), spec))
-        features.append(f)
-        logits.append(z)
-    return torch.cat(features), torch.cat(logits)
-
-
 def evaluate(model: ZooNet, spec: InputSpec, images: torch.Tensor, labels: torch.Tensor | None = None,
              teacher=None, batch_size: int = 256, gap_kind: str = "mse") -> dict:
     """Metrics of `model` on uint8 `images`; `teacher` is a target source (sources.py / guidance)."""
     images = adapt(images, spec)
-    features, logits = student_outputs(model, images, spec, batch_size)
+    features, logits = outputs(model, images, spec, batch_size)
     result = {"samples": len(images), "sparsity": sparsity(model)}
     if labels is not None:
-        result["accuracy"] = float((logits.argmax(1) == labels).float().mean())
+        result["accuracy"] = top1(logits, labels)
     if teacher is not None:
         chunks = [images[s:s + batch_size] for s in range(0, len(images), batch_size)]
         pairs = list(teacher.stream(chunks))
         teacher_features = torch.cat([f for f, _ in pairs])
         teacher_logits = torch.cat([z for _, z in pairs])
-        result["teacher_agreement"] = float((logits.argmax(1) == teacher_logits.argmax(1)).float().mean())
+        result["teacher_agreement"] = top1(logits, teacher_logits)
         if labels is not None:
-            result["teacher_accuracy"] = float((teacher_logits.argmax(1) == labels).float().mean())
+            result["teacher_accuracy"] = top1(teacher_logits, labels)
         if teacher_features.shape == features.shape:
             result["learning_gap"] = float(learning_gap(features, teacher_features, gap_kind))
     return result

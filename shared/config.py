@@ -46,15 +46,25 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = field(default=50051, metadata=between(0, 65535))
     metrics_port: int = field(default=9464, metadata=between(-1, 65535))  # -1 disables /metrics; 0 = any free port
+    metrics_host: str = ""  # address /metrics listens on; empty = server.host
+    metrics_require_token: bool = False  # /metrics asks for a bearer token from tokens_file, like the gRPC calls
+    health_port: int = field(default=-1, metadata=between(-1, 65535))  # grpc.health.v1 alone, own connection budget; -1 = off
     insecure: bool = False
     cert: str = ""  # PEM server certificate (TLS is on unless insecure)
     key: str = ""  # PEM private key of cert
     client_ca: str = ""  # PEM CA: when set, clients must present a certificate it signed (mTLS)
     tokens_file: str = ""  # one bearer token per line; when set, every call needs one of them
-    max_message_bytes: int = field(default=64 * 1024 * 1024, metadata=at_least(1024))
+    max_message_bytes: int = field(default=0, metadata=at_least(0))  # 0 = derived from the teacher's input and max_request_batch
+    max_inflight_bytes: int = field(default=256 * 1024 * 1024, metadata=at_least(1024))  # requests in flight, all streams
     max_streams: int = field(default=256, metadata=at_least(1))
     max_streams_per_client: int = field(default=64, metadata=at_least(0))  # per client IP address; 0 = no limit
-    max_connection_age_seconds: float = field(default=0.0, metadata=at_least(0))  # >0: clients reconnect (and re-resolve DNS) this often; 0 = never
+    max_streams_per_token: int = field(default=64, metadata=at_least(0))  # per bearer token; 0 = no limit
+    max_health_watches: int = field(default=64, metadata=at_least(1))  # open grpc.health.v1 Watch streams
+    max_connections: int = field(default=0, metadata=at_least(0))  # on the gRPC port; 0 = derived from the open-file limit
+    max_connections_per_client: int = field(default=64, metadata=at_least(0))  # per client IP address; 0 = no limit
+    handshake_timeout_seconds: float = field(default=5.0, metadata=at_least(0.1))  # TCP + TLS + HTTP/2 preface
+    connection_idle_seconds: float = field(default=120.0, metadata=at_least(0))  # no call open this long: closed; 0 = never
+    max_connection_age_seconds: float = field(default=3600.0, metadata=at_least(0))  # clients reconnect (and re-resolve DNS) this often; 0 = never
     stream_window: int = field(default=16, metadata=at_least(1))  # requests in flight per stream; beyond, reading waits
     grace_seconds: float = field(default=10.0, metadata=at_least(0))
     stream_idle_seconds: float = field(default=300.0, metadata=at_least(0))  # cut a stream that sends or reads nothing this long; 0: never
@@ -121,7 +131,9 @@ class ObjectiveConfig:
 @dataclass
 class PruneConfig:
     """[prune] pruning before training (`lnpt prune`)."""
-    score: str = field(default="lnpt", metadata=choice("lnpt", "snip", "grasp", "synflow", "magnitude", "random"))
+    # A registered score (lnpt.edge.pruning.scorers.SCORERS; `lnpt prune --list-scores`), checked when pruning
+    # starts: the registry lives with the scorers, which this module must not import.
+    score: str = "lnpt"
     # auto: the learning gap (LG + lambda_kd * KD) for lnpt, cross-entropy on labels for snip/grasp
     objective: str = field(default="auto", metadata=choice("auto", "learning-gap", "cross-entropy"))
     sparsity: float = field(default=0.9, metadata=between(0, 0.9999))

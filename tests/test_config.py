@@ -17,7 +17,7 @@ def test_defaults_file_and_overrides(tmp_path):
     "text, message",
     [
         ("[prune]\nsparsity = 1.5\n", "prune.sparsity = 1.5: must be at most 0.9999"),
-        ('[prune]\nscore = "best"\n', "prune.score = 'best': expected one of 'lnpt', 'snip'"),
+        ('[prune]\nscope = "best"\n', "prune.scope = 'best': expected one of 'global', 'local'"),
         ("[prune]\nspars = 0.9\n", "prune.spars: unknown key; [prune] accepts: score, objective, sparsity"),
         ("[pruning]\nsparsity = 0.9\n", "unknown section [pruning]"),
         ('[train]\nepochs = "ten"\n', "train.epochs = 'ten': expected an integer"),

@@ -45,7 +45,7 @@ def student(arch: str, seed: int = 0):
 def all_scorers(teacher_dim: int, student_dim: int) -> dict[str, scorers.Scorer]:
     gap = guided_objective(student_dim=student_dim, teacher_dim=teacher_dim)
     return {name: make_scorer(name, CrossEntropy() if name in ("snip", "grasp") else gap, SPEC.shape)
-            for name in scorers.SCORES}
+            for name in scorers.SCORERS}
 
 
 @pytest.mark.parametrize("arch", ["lenet5", "resnet20"])
@@ -213,3 +213,17 @@ def test_report_has_overall_and_per_layer_density_and_writes_json_and_png(batche
     write_chart(report, tmp_path / "r.png")
     assert json.loads((tmp_path / "r.json").read_text())["sparsity"] == report["sparsity"]
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_scores_come_from_one_registry_with_their_facts():
+    """Every score is a registered class; the pipeline reads its facts (objective, iterative) from it."""
+    from lnpt.edge.pruning.masks import PruneError
+    from lnpt.edge.pruning.pipeline import resolve_objective
+
+    assert {"lnpt", "snip", "grasp", "synflow", "magnitude", "random"} <= set(scorers.SCORERS)
+    assert resolve_objective("lnpt", "auto", structured=False) == "learning-gap"
+    assert resolve_objective("grasp", "auto", structured=False) == "cross-entropy"
+    assert resolve_objective("magnitude", "auto", structured=False) is None
+    assert scorers.SCORERS["synflow"].iterative and not scorers.SCORERS["lnpt"].iterative
+    with pytest.raises(PruneError, match="unknown score 'best'; choose one of .*lnpt"):
+        make_scorer("best", None, SPEC.shape)

@@ -19,20 +19,24 @@ from lnpt.shared.data import adapt, normalize
 from lnpt.shared.objectives import CrossEntropy, Objective, Targets, objective_from_config
 from lnpt.shared.zoo import InputSpec, ZooNet
 
-DATA_FREE = ("synflow", "magnitude", "random")
+def scorer_class(score: str) -> type[scorers.Scorer]:
+    """The registered scorer called `score`, or a PruneError listing the registered ones."""
+    if score not in scorers.SCORERS:
+        raise PruneError(f"unknown score {score!r}; choose one of {', '.join(scorers.SCORERS)}")
+    return scorers.SCORERS[score]
 
 
 def resolve_objective(score: str, objective: str, structured: bool) -> str | None:
-    """Which objective a run needs: `auto` is the learning gap for lnpt and cross-entropy for the
-    supervised baselines snip/grasp; data-free scores need none unless channel pruning does."""
-    if score == "lnpt" and objective == "cross-entropy":
+    """Which objective a run needs: `auto` is the score's own (the learning gap for lnpt,
+    cross-entropy for the supervised baselines snip/grasp); data-free scores need none unless
+    channel pruning does."""
+    own = scorer_class(score).objective
+    if own == "learning-gap" and score == "lnpt" and objective == "cross-entropy":
         raise PruneError("the lnpt score is defined by the label-free learning gap; for SNIP with "
                          "cross-entropy use --score snip")
-    if score in DATA_FREE:
+    if own is None:
         return None if not structured else ("learning-gap" if objective == "auto" else objective)
-    if objective == "auto":
-        return "learning-gap" if score == "lnpt" else "cross-entropy"
-    return objective
+    return own if objective == "auto" else objective
 
 
 def build_objective(kind: str | None, objective_config, student_dim: int, teacher_dim: int | None) -> Objective | None:
@@ -64,23 +68,15 @@ def make_batches(images: torch.Tensor, spec: InputSpec, batch_size: int, teacher
     return batches
 
 
-def make_scorer(score: str, objective: Objective | None, input_shape: Sequence[int], *, seed: int = 0,
-                synflow_float64: bool = False) -> scorers.Scorer:
-    if score in ("lnpt", "snip", "grasp") and objective is None:
-        raise PruneError(f"the {score} score needs an objective")
-    if score == "lnpt":
-        return scorers.LNPT(objective)
-    if score == "snip":
-        return scorers.SNIP(objective)
-    if score == "grasp":
-        return scorers.GraSP(objective)
-    if score == "synflow":
-        return scorers.SynFlow(input_shape, synflow_float64)
-    if score == "magnitude":
-        return scorers.Magnitude()
-    if score == "random":
-        return scorers.Random(seed)
-    raise PruneError(f"unknown score {score!r}; choose one of {', '.join(scorers.SCORES)}")
+def make_scorer(score: str, objective: Objective | None, input_shape: Sequence[int],
+                prune_config=None) -> scorers.Scorer:
+    """An instance of the registered scorer `score` for this run (default [prune] settings when None)."""
+    from lnpt.shared.config import PruneConfig
+
+    try:
+        return scorer_class(score).create(objective, input_shape, prune_config or PruneConfig())
+    except ValueError as exc:
+        raise PruneError(str(exc)) from exc
 
 
 def prune_student(model: ZooNet, batches: list[tuple[torch.Tensor, Targets]], prune_config,
@@ -100,9 +96,8 @@ def prune_student(model: ZooNet, batches: list[tuple[torch.Tensor, Targets]], pr
         details["structured"] = prune_channels(model, cfg.structured, objective, batches, example)
         details["structured"]["seconds"] = time.perf_counter() - started
     if cfg.sparsity > 0:
-        scorer = make_scorer(cfg.score, objective, input_spec.shape, seed=cfg.seed,
-                             synflow_float64=cfg.synflow_float64)
-        rounds = cfg.synflow_rounds if cfg.score in scorers.ITERATIVE else 1
+        scorer = make_scorer(cfg.score, objective, input_spec.shape, cfg)
+        rounds = cfg.synflow_rounds if scorer.iterative else 1
         started = time.perf_counter()
         prune_loop(model, scorer, batches, cfg.sparsity, scope=cfg.scope, rounds=rounds,
                    min_layer_density=cfg.min_layer_density, keep_classifier_dense=cfg.keep_classifier_dense,

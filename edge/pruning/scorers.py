@@ -48,32 +48,65 @@ def sensitivity(w: torch.Tensor) -> torch.Tensor:
     return (grad * w).detach().cpu()
 
 
+SCORERS: dict[str, type["Scorer"]] = {}  # the registry: score name -> scorer class
+
+
+def register_scorer(cls: type["Scorer"]) -> type["Scorer"]:
+    """Class decorator adding a scorer to SCORERS under its `name`."""
+    SCORERS[cls.name] = cls
+    return cls
+
+
 class Scorer:
-    """Base class. `needs_data`: whether `score` reads the batches at all."""
+    """Base class. Each subclass states its facts, which config checks, the CLI, the grid and the
+    docs read from the registry instead of keeping their own lists:
+
+    - `objective`: the objective it scores with by default: "learning-gap" (label-free, needs the
+      teacher), "cross-entropy" (needs labels) or None (data-free: never reads the batches);
+    - `iterative`: scored over rounds with an exponential sparsity schedule by default;
+    - `summary`: one line for help texts.
+    """
 
     name = ""
-    needs_data = True
+    summary = ""
+    objective: str | None = "learning-gap"
+    iterative = False
+
+    @property
+    def needs_data(self) -> bool:
+        return self.objective is not None
+
+    @classmethod
+    def create(cls, objective: Objective | None, input_shape: Sequence[int], prune_config) -> "Scorer":
+        """An instance for one pruning run ([prune] config, the student's input shape)."""
+        return cls()
 
     def score(self, model: nn.Module, batches: Batches) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
 
+@register_scorer
 class Magnitude(Scorer):
     """|w|: the classic baseline, data-free."""
 
-    name, needs_data = "magnitude", False
+    name, objective, summary = "magnitude", None, "|w|, data-free baseline"
 
     def score(self, model, batches=()):
         return {name: w.detach().abs().cpu() for name, w in weights(working_copy(model)).items()}
 
 
+@register_scorer
 class Random(Scorer):
     """Uniform random scores (seeded): what any score must beat."""
 
-    name, needs_data = "random", False
+    name, objective, summary = "random", None, "seeded random scores, what any score must beat"
 
     def __init__(self, seed: int = 0):
         self.seed = seed
+
+    @classmethod
+    def create(cls, objective, input_shape, prune_config):
+        return cls(prune_config.seed)
 
     def score(self, model, batches=()):
         generator = torch.Generator().manual_seed(self.seed)
@@ -83,14 +116,21 @@ class Random(Scorer):
         return scores
 
 
+@register_scorer
 class SNIP(Scorer):
     """Connection sensitivity |w * dL/dw| (Lee et al. 2019) with gradients of `objective`
     accumulated over all batches, model in train mode (as at the start of training)."""
 
-    name = "snip"
+    name, objective, summary = "snip", "cross-entropy", "SNIP connection sensitivity (supervised baseline)"
 
     def __init__(self, objective: Objective):
         self.objective = objective
+
+    @classmethod
+    def create(cls, objective, input_shape, prune_config):
+        if objective is None:
+            raise ValueError(f"the {cls.name} score needs an objective")
+        return cls(objective)
 
     def score(self, model, batches):
         work = working_copy(model).train()
@@ -100,11 +140,12 @@ class SNIP(Scorer):
         return {name: sensitivity(w).abs() for name, w in weights(work).items()}
 
 
+@register_scorer
 class LNPT(SNIP):
     """The LNPT score: SNIP of the label-free objective LG + lambda_kd * KD (method.md). The KD
     term is what gives the final classifier non-zero scores (LG alone never reaches it)."""
 
-    name = "lnpt"
+    name, objective, summary = "lnpt", "learning-gap", "LNPT: sensitivity of the label-free learning gap + KD"
 
     def __init__(self, objective: Objective):
         if not objective.needs_teacher:
@@ -112,16 +153,19 @@ class LNPT(SNIP):
         super().__init__(objective)
 
 
+@register_scorer
 class GraSP(Scorer):
     """Gradient Signal Preservation (Wang et al. 2020): score = w * (H g), H the Hessian and g the
     gradient of the objective over all batches, normalised by |sum of scores| as in Synaptic-Flow.
     Keeping the highest scores removes the weights whose removal reduces gradient flow least."""
 
-    name = "grasp"
+    name, objective, summary = "grasp", "cross-entropy", "GraSP gradient-flow preservation (supervised baseline)"
 
     def __init__(self, objective: Objective, eps: float = 1e-10):
         self.objective = objective
         self.eps = eps
+
+    create = SNIP.create
 
     def score(self, model, batches):
         work = working_copy(model).train()
@@ -144,17 +188,23 @@ class GraSP(Scorer):
         return {name: s / norm for name, s in scores.items()}
 
 
+@register_scorer
 class SynFlow(Scorer):
     """Iterative Synaptic Flow (Tanaka et al. 2020), data-free: with all parameters and buffers
     replaced by their absolute values, score = |w * dR/dw| where R = sum of the network's output
     on an all-ones input. Run it in rounds with an exponential schedule (`masks.prune_loop`).
     float64 keeps the products of many layers from overflowing or flushing to zero."""
 
-    name, needs_data = "synflow", False
+    name, objective, iterative = "synflow", None, True
+    summary = "iterative Synaptic Flow, data-free"
 
     def __init__(self, input_shape: Sequence[int], float64: bool = False):
         self.input_shape = tuple(input_shape)
         self.dtype = torch.float64 if float64 else torch.float32
+
+    @classmethod
+    def create(cls, objective, input_shape, prune_config):
+        return cls(input_shape, prune_config.synflow_float64)
 
     def score(self, model, batches=()):
         work = working_copy(model).to(self.dtype).eval()  # eval: batch norm uses its (abs) statistics
@@ -165,7 +215,3 @@ class SynFlow(Scorer):
         ones = torch.ones((1, *self.input_shape), dtype=self.dtype, device=model_device(work))
         work(ones).sum().backward()
         return {name: sensitivity(w).abs() for name, w in weights(work).items()}
-
-
-SCORES = ("lnpt", "snip", "grasp", "synflow", "magnitude", "random")
-ITERATIVE = {"synflow"}  # scores run in rounds by default

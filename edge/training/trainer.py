@@ -29,6 +29,7 @@ from lnpt.shared.config import ObjectiveConfig, TrainConfig
 from lnpt.shared.data import normalize, random_crop_flip
 from lnpt.shared.errors import LnptError
 from lnpt.shared.objectives import Targets, learning_gap, objective_from_config
+from lnpt.shared.optim import make_optimizer
 from lnpt.shared.zoo import InputSpec, ZooNet
 
 
@@ -108,14 +109,10 @@ class GuidedTrainer:
         self.steps_per_epoch = len(images) // self.batch_size  # the last partial batch is dropped
         total = train.epochs * self.steps_per_epoch
         self.total_steps = min(total, train.max_steps) if train.max_steps else total
-        params = [*model.parameters(), *self.objective.parameters()]
-        if train.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(params, lr=train.lr, momentum=train.momentum,
-                                             weight_decay=train.weight_decay, nesterov=train.momentum > 0)
-        else:
-            self.optimizer = torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay)
-        self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.total_steps)
-                          if train.schedule == "cosine" else None)
+        self.optimizer, self.scheduler = make_optimizer(
+            [*model.parameters(), *self.objective.parameters()], train.optimizer, lr=train.lr,
+            momentum=train.momentum, weight_decay=train.weight_decay, schedule=train.schedule,
+            total_steps=self.total_steps)
         self.step = 0
         self.resumed_from = 0
         self.order: torch.Tensor | None = None  # the current epoch's permutation

@@ -45,9 +45,10 @@ def supervised_steps_per_s(model, spec, images, labels, batch_size: int, steps: 
     from lnpt.edge.training.augment import batch_generator
     from lnpt.edge.training.trainer import epoch_order
     from lnpt.shared.data import normalize, random_crop_flip
+    from lnpt.shared.optim import make_optimizer
 
-    optimizer = torch.optim.SGD(model.parameters(), lr=train_cfg.lr, momentum=train_cfg.momentum,
-                                weight_decay=train_cfg.weight_decay, nesterov=True)
+    optimizer, _ = make_optimizer(model.parameters(), "sgd", lr=train_cfg.lr, momentum=train_cfg.momentum,
+                                  weight_decay=train_cfg.weight_decay, schedule="constant")
     order = epoch_order(0, 0, len(images))
     model.train()
     started = 0.0

@@ -21,7 +21,9 @@ import torch
 from lnpt.shared.files import atomic_write
 from lnpt.shared.data import adapt, load_fashion_mnist, normalize
 from lnpt.shared.errors import LnptError
+from lnpt.shared.inference import outputs, top1
 from lnpt.shared.objectives import CrossEntropy, Objective, Targets, guided_objective, learning_gap
+from lnpt.shared.optim import make_optimizer
 from lnpt.shared.zoo import InputSpec, ZooNet
 
 TRAININGS = ("guided", "supervised")
@@ -114,16 +116,10 @@ def train(model: ZooNet, spec: InputSpec, images: torch.Tensor, targets: Targets
     objective.to(device)
     inputs = normalize(adapt(images, spec), spec).to(device)
     targets = targets.to(device)
-    params = [*model.parameters(), *objective.parameters()]
-    if recipe.optimizer == "adam":
-        optimizer = torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    elif recipe.optimizer == "sgd":
-        optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
-                                    weight_decay=recipe.weight_decay, nesterov=recipe.momentum > 0)
-    else:
-        raise ExperimentError(f"unknown optimizer {recipe.optimizer!r}; choose sgd or adam")
     steps_per_epoch = math.ceil(len(images) / recipe.batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, recipe.epochs * steps_per_epoch))
+    optimizer, schedule = make_optimizer([*model.parameters(), *objective.parameters()], recipe.optimizer,
+                                         lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
+                                         total_steps=recipe.epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(seed)
     losses = []
     for epoch in range(1, recipe.epochs + 1):
@@ -150,19 +146,12 @@ def train(model: ZooNet, spec: InputSpec, images: torch.Tensor, targets: Targets
 def measure(model: ZooNet, spec: InputSpec, images: torch.Tensor, labels: torch.Tensor,
             teacher_test: Targets | None = None, batch_size: int = 1000) -> dict[str, float]:
     """Test accuracy, and with the teacher's test targets the learning gap (mse) and agreement."""
-    model.eval()
-    device = next(model.parameters()).device
-    features, logits = [], []
-    for chunk in adapt(images, spec).split(batch_size):
-        f, z = model.features_and_logits(normalize(chunk, spec).to(device))
-        features.append(f.float().cpu())
-        logits.append(z.float().cpu())
-    features, logits = torch.cat(features), torch.cat(logits)
-    result = {"accuracy": float((logits.argmax(1) == labels).float().mean())}
+    features, logits = outputs(model, images, spec, batch_size)
+    result = {"accuracy": top1(logits, labels)}
     if teacher_test is not None:
         if features.shape == teacher_test.features.shape:
             result["learning_gap"] = float(learning_gap(features, teacher_test.features, "mse"))
-        result["teacher_agreement"] = float((logits.argmax(1) == teacher_test.logits.argmax(1)).float().mean())
+        result["teacher_agreement"] = top1(logits, teacher_test.logits)
         result["cka_gap"] = 1.0 - linear_cka(features, teacher_test.features)
     return result
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from lnpt.shared.cli import add_format_option, emit
 
+# The registered pruning scores (edge.pruning.scorers.SCORERS), in the order the grid reports them.
 SCORES = ("lnpt", "snip", "grasp", "synflow", "magnitude", "random")
 TRAININGS = ("guided", "supervised")
 DENSE = "dense"
@@ -190,6 +191,7 @@ def run_grid(profile: Profile, out: Path, teacher_path: Path | None = None, fres
 
     from lnpt.lab.paper import experiment as ex
     from lnpt.edge.teachers import LocalTeacher
+    from lnpt.shared.inference import top1
 
     device = torch.device(profile.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -210,7 +212,7 @@ def run_grid(profile: Profile, out: Path, teacher_path: Path | None = None, fres
     store = load_store(store_path, recipe_of(profile, teacher.version), fresh)
     store["profile"] = {**asdict(profile), "name": profile.name}
     store["teacher"] = {"path": str(teacher_path), "arch": teacher.arch, "version": teacher.version,
-                        "test_accuracy": float((teacher_test.logits.argmax(1) == test_y).float().mean()),
+                        "test_accuracy": top1(teacher_test.logits, test_y),
                         "trained_now": trained is not None}
     store["machine"] = machine()
     ex.write_json(store_path, store)
@@ -280,8 +282,8 @@ def fresh_student(profile: Profile, spec, seed: int):
 def prune(profile: Profile, student, score: str, sparsity: float, seed: int, teacher, train_x, train_y, spec):
     """Masks of `score` at `sparsity` on the seeded student, scored with `prune_samples` training images:
     lnpt sees the teacher's targets, snip/grasp the labels, the rest no data."""
-    from lnpt.edge.pruning.pipeline import (DATA_FREE, build_objective, make_batches, pick_samples,
-                                            prune_student, resolve_objective)
+    from lnpt.edge.pruning.pipeline import (build_objective, make_batches, pick_samples, prune_student,
+                                            resolve_objective)
     from lnpt.edge.student import current_masks
     from lnpt.shared.config import ObjectiveConfig, PruneConfig
 
@@ -289,7 +291,7 @@ def prune(profile: Profile, student, score: str, sparsity: float, seed: int, tea
     kind = resolve_objective(score, "auto", structured=False)
     objective = build_objective(kind, ObjectiveConfig(), student.feature_dim, teacher.feature_dim)
     batches = []
-    if score not in DATA_FREE:
+    if kind is not None:
         chosen = pick_samples(len(train_x), profile.prune_samples, seed)
         batches = (make_batches(train_x[chosen], spec, config.batch_size, teacher) if kind == "learning-gap"
                    else make_batches(train_x[chosen], spec, config.batch_size, labels=train_y[chosen]))

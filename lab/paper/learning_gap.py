@@ -90,6 +90,7 @@ def learning_gap_experiment(out: Path, teacher_path: Path | None, *, teacher_arc
 
     from lnpt.lab.paper import experiment as ex
     from lnpt.shared.data import FASHION_MNIST_CLASSES
+    from lnpt.shared.inference import top1
     from lnpt.shared.teacher_model import Teacher
     from lnpt.shared.zoo import build_model
 
@@ -134,7 +135,7 @@ def learning_gap_experiment(out: Path, teacher_path: Path | None, *, teacher_arc
     correlation = {q: ex.spearman([h[q] for h in history], accuracy) for q in QUANTITIES}
     result = {
         "teacher": {"path": str(teacher_path), "arch": teacher.arch, "version": teacher.version,
-                    "test_accuracy": float((teacher_test.logits.argmax(1) == test_y).float().mean()),
+                    "test_accuracy": top1(teacher_test.logits, test_y),
                     "trained_now": trained is not None},
         "settings": {"training": training, "epochs": epochs, "train_samples": len(train_x),
                      "test_samples": len(test_x), "lr": lr, "seed": seed, "device": device,
