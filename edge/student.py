@@ -7,6 +7,8 @@ pruned weights stay exactly zero through any optimizer step. On disk a student k
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -92,3 +94,43 @@ def load_student(path: str | os.PathLike) -> tuple[ZooNet, ModelFile]:
     if masks:
         apply_masks(model, masks)
     return model, record
+
+
+@dataclass
+class Student:
+    """A student network with what training, evaluation and export need to know about it.
+
+    `model` carries its pruning masks; `input_spec` and `class_names` come from the teacher it was
+    pruned for; `extra` holds the pruning report and training summary that travel with the file.
+
+        >>> student = Student.load("runs/demo/student.pt")     # doctest: +SKIP
+        >>> student.save("copy.pt").version                     # doctest: +SKIP
+    """
+
+    model: ZooNet
+    input_spec: InputSpec
+    class_names: list[str]
+    teacher_version: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+    version: str = ""
+    path: Path | None = None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Student":
+        model, record = load_student(path)
+        extra = {k: v for k, v in record.extra.items() if k not in ("masks", "teacher_version", "structured")}
+        return cls(model, record.input_spec, record.class_names, record.extra.get("teacher_version", ""),
+                   {**extra, "structured": bool(record.extra.get("structured"))}, record.version, Path(path))
+
+    @property
+    def sparsity(self) -> float:
+        return sparsity(self.model)
+
+    def save(self, path: str | os.PathLike) -> "Student":
+        """Write the model file atomically; `version` and `path` then describe what was written."""
+        extra = {k: v for k, v in self.extra.items() if k != "structured"}
+        record = save_student(path, self.model, input_spec=self.input_spec, class_names=self.class_names,
+                              teacher_version=self.teacher_version, structured=bool(self.extra.get("structured")),
+                              extra=extra)
+        self.version, self.path = record.version, Path(path)
+        return self
