@@ -145,6 +145,14 @@ class PruneConfig:
     synflow_rounds: int = field(default=100, metadata=at_least(1))
     synflow_float64: bool = False
     structured: float = field(default=0.0, metadata=between(0, 0.95))  # channel ratio removed; 0 = off
+    # Channel pruning to a budget instead of a fixed ratio (edge.pruning.budget): any target > 0 turns it on.
+    target_latency_ms: float = field(default=0.0, metadata=at_least(0))  # median ms in ONNX Runtime here; 0 = none
+    target_macs: int = field(default=0, metadata=at_least(0))  # MACs per image (Torch-Pruning's count); 0 = none
+    target_params: int = field(default=0, metadata=at_least(0))  # parameters; 0 = none
+    latency_threads: int = field(default=1, metadata=at_least(1))  # ONNX Runtime threads of the latency target
+    latency_batch: int = field(default=1, metadata=at_least(1))  # batch size of the latency target
+    budget_step: float = field(default=0.05, metadata=between(0.01, 0.5))  # channel ratio removed per step
+    budget_max_ratio: float = field(default=0.9, metadata=between(0.05, 0.95))  # most channels a budget may remove
     seed: int = 0
 
 
@@ -189,8 +197,24 @@ class ExportConfig:
 class DataConfig:
     """[data] where images come from and how they are shaped for the model."""
     root: str = ""  # cache folder for Fashion-MNIST; empty = $LNPT_DATA or ~/.cache/lnpt
-    channels: int = field(default=1, metadata=choice(1, 3))  # type: ignore[arg-type]
+    channels: int = field(default=1, metadata=choice(1, 3))  # type: ignore[arg-type]  # 1 grey, 3 RGB
     size: int = field(default=28, metadata=between(8, 512))
+    # Teacher training and evaluation (labels: cloud side only). A folder with one sub-folder per
+    # class, or a .csv of path,label rows; empty = Fashion-MNIST.
+    labeled: str = ""  # labeled training images for `lnpt teacher train`
+    val: str = ""  # labeled validation images (folder or .csv); empty = val_fraction of `labeled`
+    val_fraction: float = field(default=0.0, metadata=between(0, 0.9))  # 0 = no validation split
+    csv_path_column: str = "path"  # image path column of a labels CSV (relative to the CSV's folder)
+    csv_label_column: str = "label"  # class label column of a labels CSV
+    mean: list[float] = field(default_factory=list)  # per channel, pixels in [0, 1]; empty = measured on `labeled`
+    std: list[float] = field(default_factory=list)  # per channel; empty = measured on `labeled`
+    # Streaming image files (both sides); recorded in the model file and the ONNX sidecar.
+    resize: int = field(default=0, metadata=at_least(0))  # shorter side before the centre crop; 0 = cover the input
+    fit: str = field(default="crop", metadata=choice("crop", "pad"))  # centre crop, or zero-pad to the input shape
+    interpolation: str = field(default="bilinear", metadata=choice("nearest", "bilinear", "bicubic"))
+    workers: int = field(default=2, metadata=at_least(0))  # DataLoader decode processes; 0 = in the training process
+    on_bad_file: str = field(default="skip", metadata=choice("skip", "fail"))  # skip and count, or stop at the first
+    max_pixels: int = field(default=50_000_000, metadata=at_least(1))  # larger images are bad files (decompression bombs)
 
 
 @dataclass

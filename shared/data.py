@@ -3,7 +3,9 @@
 Everything travels as uint8 pixels (also on the wire); `normalize` turns a uint8 batch into the
 model's float input with the model's own mean/std. Sources:
 - Fashion-MNIST (labeled, real) from local files, read by torchvision's `FashionMNIST` reader;
-- `UnlabeledImageFolder`: any folder of image files, flat or nested; labels are never read.
+- `UnlabeledImageFolder`: any folder of image files, flat or nested, streamed from disk by
+  DataLoader workers (lnpt.shared.images); labels are never read. Labeled sources for the cloud and
+  for evaluation are in lnpt.shared.labeled.
 """
 from __future__ import annotations
 
@@ -11,14 +13,18 @@ import gzip
 import os
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lnpt.shared.errors import LnptError
+from lnpt.shared.images import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, BadFiles, DataError, DecodedFiles,
+                                check_readable, scan_images, stream_batches)
+from lnpt.shared.preprocess import Preprocess
 from lnpt.shared.zoo import InputSpec
+
+__all__ = ["DataError", "IMAGE_EXTENSIONS", "UnlabeledImageFolder", "adapt", "normalize", "load_fashion_mnist",
+           "prepare_fashion_mnist", "random_crop_flip", "write_image_folder", "as_preprocess"]
 
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -26,14 +32,9 @@ FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 FASHION_MNIST_SPEC = InputSpec(1, 28, (0.2860,), (0.3530,))
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 MISSING_DATA_HELP = ("Fashion-MNIST is not available. Install it with "
                      "`sudo apt-get install dataset-fashion-mnist` (or run `make data`), "
                      "or connect to the internet so torchvision can download it.")
-
-
-class DataError(LnptError, RuntimeError):
-    """Data is missing or unreadable; the message says what to run or fix."""
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
@@ -76,19 +77,14 @@ def load_fashion_mnist(train: bool, root: str | os.PathLike | None = None) -> tu
     return dataset.data.unsqueeze(1).contiguous(), dataset.targets.long()
 
 
-def adapt(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
-    """Make a uint8 (N, C, H, W) batch fit `spec`: grey <-> RGB and resize (bilinear)."""
-    if images.shape[1] != spec.channels:
-        if images.shape[1] == 1:
-            images = images.expand(-1, spec.channels, -1, -1)
-        else:  # RGB -> grey with ITU-R 601 luma weights
-            weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-            images = (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
-    if images.shape[-2:] != (spec.size, spec.size):
-        resized = torch.nn.functional.interpolate(images.float(), size=(spec.size, spec.size),
-                                                  mode="bilinear", align_corners=False, antialias=True)
-        images = resized.round().clamp(0, 255).to(torch.uint8)
-    return images.contiguous()
+def as_preprocess(spec: InputSpec | Preprocess) -> Preprocess:
+    """A model's preprocessing: `spec` itself, or the default one of an InputSpec."""
+    return spec if isinstance(spec, Preprocess) else Preprocess.for_spec(spec)
+
+
+def adapt(images: torch.Tensor, spec: InputSpec | Preprocess) -> torch.Tensor:
+    """Make a uint8 (N, C, H, W) batch fit `spec`: channels, resize and centre crop (lnpt.shared.preprocess)."""
+    return as_preprocess(spec).apply(images)
 
 
 def normalize(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
@@ -127,48 +123,55 @@ class TensorImages(Dataset):
         return self.images[index]
 
 
-def list_images(root: str | os.PathLike) -> list[Path]:
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-    if not files:
-        raise DataError(f"no images found under {root} (looked for {', '.join(IMAGE_EXTENSIONS)})")
-    return files
+class UnlabeledImageFolder:
+    """Every image file under `root` (any depth), decoded on demand to uint8 (C, H, W) for `spec`.
 
-
-class UnlabeledImageFolder(Dataset):
-    """Every image file under `root` (any depth), decoded to uint8 (C, H, W) for `spec`.
-
-    Sub-folder names are never read as labels: the dataset only ever returns pixels.
+    Sub-folder names are never read as labels: the folder only ever returns pixels. Nothing is
+    loaded up front; `batches` streams index batches through `workers` DataLoader processes and
+    applies `on_bad_file` ("skip": skipped and counted in `stats()`; "fail": DataError at the first).
+    Construction fails with the path when there is no image, or no readable one.
     """
 
-    def __init__(self, root: str | os.PathLike, spec: InputSpec):
+    def __init__(self, root: str | os.PathLike, spec: InputSpec | Preprocess, *, workers: int = 0,
+                 on_bad_file: str = "skip", max_pixels: int = DEFAULT_MAX_PIXELS):
         self.root = Path(root)
+        self.preprocess = as_preprocess(spec)
         self.spec = spec
-        self.files = list_images(root)
+        self.workers = workers
+        self.files = scan_images(self.root)
+        self.report = BadFiles(on_bad_file, str(self.root))
+        self.decoded = DecodedFiles(self.files, self.preprocess, max_pixels)
+        check_readable(self.decoded, self.report, self.root)
+
+    @classmethod
+    def from_config(cls, root: str | os.PathLike, spec: InputSpec | Preprocess, data) -> "UnlabeledImageFolder":
+        """With the [data] section's workers, on_bad_file and max_pixels (and its resize/fit/interpolation
+        when `spec` is an InputSpec)."""
+        preprocess = spec if isinstance(spec, Preprocess) else Preprocess.from_config(spec, data)
+        return cls(root, preprocess, workers=data.workers, on_bad_file=data.on_bad_file, max_pixels=data.max_pixels)
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        from PIL import Image, UnidentifiedImageError
+        """One image; a bad file raises DataError with its path and reason (use `batches` to skip)."""
+        _, image, reason, _ = self.decoded[index]
+        if image is None:
+            raise DataError(f"{self.files.path(index)}: {reason}")
+        return image
 
-        path = self.files[index]
-        try:
-            with Image.open(path) as image:
-                image = image.convert("L" if self.spec.channels == 1 else "RGB")
-                if image.size != (self.spec.size, self.spec.size):
-                    image = image.resize((self.spec.size, self.spec.size), Image.BILINEAR)
-                pixels = np.asarray(image, dtype=np.uint8)
-        except (OSError, UnidentifiedImageError) as exc:
-            raise DataError(f"cannot read image {path}: {exc}") from exc
-        tensor = torch.from_numpy(pixels.copy())
-        return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
+    def batches(self, index_batches: Iterable[torch.Tensor | Sequence[int]]) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """(position, kept indices, uint8 (N, C, H, W)) for each index batch, decoded by the workers."""
+        return stream_batches(self.decoded, index_batches, self.report, self.workers)
 
-    def load_all(self) -> torch.Tensor:
-        """All images as one uint8 tensor (N, C, H, W); fine for folders that fit in memory."""
-        return torch.stack([self[i] for i in range(len(self))])
+    def take(self, indices: Sequence[int], batch_size: int = 256) -> torch.Tensor:
+        """The good images among `indices` as one uint8 tensor (bad files follow the policy)."""
+        chunks = [list(indices[s:s + batch_size]) for s in range(0, len(indices), batch_size)]
+        return torch.cat([images for _, _, images in self.batches(chunks)])
+
+    def stats(self) -> dict:
+        """Files found, ignored and bad so far (for the final summary and `--format json`)."""
+        return {**self.files.summary(), **self.report.to_dict()}
 
 
 def write_image_folder(images: torch.Tensor, root: str | os.PathLike, labels: Sequence[int] | None = None,

@@ -19,7 +19,7 @@ def test_folder_reads_real_photos_flat(real_photo_folder):
     spec = InputSpec(3, 32, (0.5,) * 3, (0.5,) * 3)
     dataset = UnlabeledImageFolder(real_photo_folder, spec)
     assert len(dataset) == 6
-    images = dataset.load_all()
+    images = dataset.take(range(len(dataset)))
     assert images.shape == (6, 3, 32, 32) and images.dtype == torch.uint8
     assert images.float().std() > 20  # real pictures have contrast
     grey = UnlabeledImageFolder(real_photo_folder, FASHION_MNIST_SPEC)[0]
@@ -33,7 +33,7 @@ def test_folder_with_class_subfolders_round_trips_pixels_and_returns_no_labels(t
     dataset = UnlabeledImageFolder(tmp_path, FASHION_MNIST_SPEC)
     sample = dataset[0]
     assert isinstance(sample, torch.Tensor)  # pixels only, never (image, label)
-    assert sorted(map(bytes, dataset.load_all().numpy())) == sorted(map(bytes, images[:20].numpy()))
+    assert sorted(map(bytes, dataset.take(range(len(dataset))).numpy())) == sorted(map(bytes, images[:20].numpy()))
 
 
 def test_missing_or_empty_folder_is_a_clear_error(tmp_path):
