@@ -1,4 +1,5 @@
-"""The student: a zoo model with fixed pruning masks, saved and loaded as a model file.
+"""The student: any lnpt model (`lnpt.shared.models.Classifier`) with fixed pruning masks, saved and
+loaded as a model file.
 
 Masks live on the modules through `torch.nn.utils.prune` (weight = weight_orig * weight_mask), so
 pruned weights stay exactly zero through any optimizer step. On disk a student keeps plain weights
@@ -16,13 +17,16 @@ from torch import nn
 from torch.nn.utils import prune
 
 from lnpt.shared.model_file import ModelFileError, ModelFile, load_model, save_model
-from lnpt.shared.zoo import InputSpec, ZooNet
+from lnpt.shared.models import Classifier, InputSpec
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
 
 
 def prunable_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """Every Conv2d and Linear by qualified name: their weights are what pruning removes."""
+    """Every Conv2d and Linear by qualified name: their weights are what pruning removes.
+
+    Names are those of `model.named_modules()` (`body.0`, `head` in the zoo; `net.features.0.0`,
+    `net.fc` for torchvision and user networks), which is how masks are keyed in student files."""
     return {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE)}
 
 
@@ -77,7 +81,7 @@ def sparsity(model: nn.Module) -> float:
     return zeros / max(total, 1)
 
 
-def save_student(path: str | os.PathLike, model: ZooNet, *, input_spec: InputSpec, class_names: list[str],
+def save_student(path: str | os.PathLike, model: Classifier, *, input_spec: InputSpec, class_names: list[str],
                  teacher_version: str = "", structured: bool = False, extra: dict[str, Any] | None = None) -> ModelFile:
     """Save a (possibly masked, possibly channel-pruned) student atomically."""
     info = {"teacher_version": teacher_version, "masks": current_masks(model), "structured": structured,
@@ -86,7 +90,7 @@ def save_student(path: str | os.PathLike, model: ZooNet, *, input_spec: InputSpe
                       extra=info, state_dict=plain_state_dict(model))
 
 
-def load_student(path: str | os.PathLike) -> tuple[ZooNet, ModelFile]:
+def load_student(path: str | os.PathLike) -> tuple[Classifier, ModelFile]:
     """Load a student file and re-apply its masks; refuses teacher files and corrupt files."""
     record = load_model(path, kind="student")
     model = record.build()
@@ -107,7 +111,7 @@ class Student:
         >>> student.save("copy.pt").version                     # doctest: +SKIP
     """
 
-    model: ZooNet
+    model: Classifier
     input_spec: InputSpec
     class_names: list[str]
     teacher_version: str = ""

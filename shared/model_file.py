@@ -1,8 +1,12 @@
 """Model files: how a teacher or student is saved, versioned and rebuilt.
 
 A model file (teacher or student) is a `torch.save`d dict loaded with `weights_only=True`, so a
-file from elsewhere cannot run code. It holds the architecture and everything needed to rebuild
-and serve the model: input spec, class names, state dict and a content-derived version id.
+file from elsewhere cannot run code. It holds how to rebuild the model and everything needed to
+serve it: the model spec (`arch`: a zoo name, `torchvision:NAME[:WEIGHTS]` or
+`package.module:factory`), class count and names, input spec, feature node, state dict and a
+content-derived version id. Rebuilding never downloads: pretrained weights named in the spec are
+already in the state dict. A file whose user module cannot be imported fails with the module
+name and the fix.
 `extra` carries side-specific data (a student's masks, teacher version, pruned structure, ...).
 """
 from __future__ import annotations
@@ -19,7 +23,7 @@ from torch import nn
 
 from lnpt.shared.errors import LnptError
 from lnpt.shared.files import atomic_save
-from lnpt.shared.zoo import InputSpec, ZooNet, build_model
+from lnpt.shared.models import Classifier, InputSpec, ModelError, ModelSpec, build_model
 
 FORMAT = "lnpt-model"
 FORMAT_VERSION = 1
@@ -46,21 +50,28 @@ class ModelFile:
     """The parsed contents of a model file."""
 
     kind: str  # "teacher" or "student"
-    arch: str
+    arch: str  # the model spec
     num_classes: int
     input_spec: InputSpec
     class_names: list[str]
     state_dict: dict[str, torch.Tensor]
     version: str
     extra: dict[str, Any] = field(default_factory=dict)
+    feature_node: str = ""  # "" = the input of the final Linear
 
-    def build(self, load_weights: bool = True) -> ZooNet:
-        """Rebuild the zoo model and load the weights (strict: every key must match).
+    def build(self, load_weights: bool = True) -> Classifier:
+        """Rebuild the model from its spec and load the weights (strict: every key must match).
 
         A channel-pruned model (`extra["structured"]`) is rebuilt at full width and then narrowed
         to the shapes stored in its state dict.
         """
-        model = build_model(self.arch, self.num_classes, self.input_spec)
+        try:
+            spec = ModelSpec.parse(self.arch).without_weights()
+            model = build_model(spec, self.num_classes, self.input_spec, feature_node=self.feature_node,
+                                announce=False)
+        except ModelError as exc:
+            raise ModelFileError(f"cannot rebuild model {self.arch!r}: {exc}") from exc
+        model.spec = self.arch  # keep the pretrained origin in the name
         if self.extra.get("structured"):
             narrow_to_state_dict(model, self.state_dict)
         if load_weights:
@@ -73,7 +84,7 @@ class ModelFile:
 
 def save_model(
     path: str | os.PathLike,
-    model: ZooNet,
+    model: Classifier,
     *,
     kind: str,
     input_spec: InputSpec,
@@ -83,14 +94,15 @@ def save_model(
 ) -> ModelFile:
     """Save `model` atomically; returns what was written (including its version id)."""
     state = {k: v.detach().to("cpu").clone() for k, v in (state_dict or model.state_dict()).items()}
-    record = ModelFile(kind, model.arch, model.num_classes, input_spec, list(class_names), state,
-                       state_version(state), dict(extra or {}))
+    record = ModelFile(kind, model.spec, model.num_classes, input_spec, list(class_names), state,
+                       state_version(state), dict(extra or {}), model.feature_node)
     atomic_save(
         {
             "format": FORMAT, "format_version": FORMAT_VERSION, "kind": record.kind,
             "arch": record.arch, "num_classes": record.num_classes,
             "input_spec": input_spec.to_dict(), "class_names": record.class_names,
             "state_dict": state, "version": record.version, "extra": record.extra,
+            "feature_node": record.feature_node,
         },
         path,
     )
@@ -116,6 +128,7 @@ def load_model(path: str | os.PathLike, kind: str | None = None) -> ModelFile:
             kind=str(raw["kind"]), arch=str(raw["arch"]), num_classes=int(raw["num_classes"]),
             input_spec=InputSpec.from_dict(raw["input_spec"]), class_names=list(raw["class_names"]),
             state_dict=dict(raw["state_dict"]), version=str(raw["version"]), extra=dict(raw.get("extra", {})),
+            feature_node=str(raw.get("feature_node", "")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(f"{path}: incomplete or invalid model file ({exc})") from exc

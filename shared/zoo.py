@@ -1,24 +1,29 @@
-"""Model zoo for 28x28 grey and 32x32 RGB inputs, every model split into `body` and `head`.
+"""The built-in model zoo (one source of `lnpt.shared.models`): small-input networks for 28x28 grey
+and 32x32 RGB images, every model split into `body` and `head`.
 
 `body(x)` returns the penultimate features (the vector that enters the final Linear, after global
-pooling and flattening); `head` is that final `nn.Linear`. `forward(x)` returns logits and
-`features_and_logits(x)` returns both from one pass, so the teacher, the learning gap and ONNX
-export all read features the same way without hooks into model internals.
+pooling and flattening); `head` is that final `nn.Linear`, so the generic feature mechanism of
+`Classifier` (the input of the final Linear) reads exactly `body(x)`.
 
-torchvision models (ResNet-18, MobileNetV2) are built by torchvision and only re-stemmed for small
-inputs; torchvision is imported only when one of them is asked for.
+The zoo's `resnet18` and `mobilenet_v2` are torchvision's, re-stemmed for small inputs; for the
+standard stems use `torchvision:resnet18` / `torchvision:mobilenet_v2`. torchvision is imported only
+when one of them is asked for. `InputSpec` and `build_model` live in `lnpt.shared.models` and are
+re-exported here for older imports.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
+from lnpt.shared.models import Classifier, InputSpec, build_model  # noqa: F401  (re-exported)
 
-class ZooNet(nn.Module):
-    """A classifier made of a feature extractor (`body`) and a final linear layer (`head`)."""
+
+class ZooNet(Classifier):
+    """A zoo classifier: a feature extractor (`body`) and a final linear layer (`head`)."""
+
+    head_name = "head"
 
     def __init__(self, arch: str, body: nn.Module, head: nn.Linear):
         super().__init__()
@@ -26,26 +31,14 @@ class ZooNet(nn.Module):
         self.body = body
         self.head = head
 
-    @property
-    def feature_dim(self) -> int:
-        return self.head.in_features
-
-    @property
-    def num_classes(self) -> int:
-        return self.head.out_features
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
-
-    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.body(x)
-        return features, self.head(features)
 
 
 # --- LeNet-5 -------------------------------------------------------------------------------------
 
-def lenet5(num_classes: int, in_channels: int, image_size: int) -> ZooNet:
-    flat = 16 * ((image_size // 2 - 4) // 2) ** 2
+def lenet5(num_classes: int, in_channels: int, height: int, width: int) -> ZooNet:
+    flat = 16 * ((height // 2 - 4) // 2) * ((width // 2 - 4) // 2)
     body = nn.Sequential(
         nn.Conv2d(in_channels, 6, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
         nn.Conv2d(6, 16, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),
@@ -78,12 +71,12 @@ class BasicBlock(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
-def cifar_resnet(depth: int) -> Callable[[int, int, int], ZooNet]:
+def cifar_resnet(depth: int) -> Callable[[int, int, int, int], ZooNet]:
     if (depth - 2) % 6:
         raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
     n = (depth - 2) // 6
 
-    def build(num_classes: int, in_channels: int, image_size: int) -> ZooNet:
+    def build(num_classes: int, in_channels: int, height: int, width: int) -> ZooNet:
         layers: list[nn.Module] = [
             nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True)
         ]
@@ -108,8 +101,8 @@ VGG_CONFIGS = {
 }
 
 
-def vgg_bn(depth: int) -> Callable[[int, int, int], ZooNet]:
-    def build(num_classes: int, in_channels: int, image_size: int) -> ZooNet:
+def vgg_bn(depth: int) -> Callable[[int, int, int, int], ZooNet]:
+    def build(num_classes: int, in_channels: int, height: int, width: int) -> ZooNet:
         layers: list[nn.Module] = []
         channels = in_channels
         for item in VGG_CONFIGS[depth]:
@@ -127,7 +120,7 @@ def vgg_bn(depth: int) -> Callable[[int, int, int], ZooNet]:
 
 # --- torchvision models with a small-input stem --------------------------------------------------
 
-def resnet18(num_classes: int, in_channels: int, image_size: int) -> ZooNet:
+def resnet18(num_classes: int, in_channels: int, height: int, width: int) -> ZooNet:
     from torchvision.models import resnet18 as tv_resnet18
 
     net = tv_resnet18(weights=None, num_classes=num_classes)
@@ -138,7 +131,7 @@ def resnet18(num_classes: int, in_channels: int, image_size: int) -> ZooNet:
     return ZooNet("resnet18", net, head)
 
 
-def mobilenet_v2(num_classes: int, in_channels: int, image_size: int) -> ZooNet:
+def mobilenet_v2(num_classes: int, in_channels: int, height: int, width: int) -> ZooNet:
     from torchvision.models import mobilenet_v2 as tv_mobilenet_v2
 
     net = tv_mobilenet_v2(weights=None, num_classes=num_classes)
@@ -150,7 +143,7 @@ def mobilenet_v2(num_classes: int, in_channels: int, image_size: int) -> ZooNet:
     return ZooNet("mobilenet_v2", net, head)
 
 
-BUILDERS: dict[str, Callable[[int, int, int], ZooNet]] = {
+BUILDERS: dict[str, Callable[[int, int, int, int], ZooNet]] = {
     "lenet5": lenet5,
     "resnet20": cifar_resnet(20),
     "resnet32": cifar_resnet(32),
@@ -162,43 +155,3 @@ BUILDERS: dict[str, Callable[[int, int, int], ZooNet]] = {
     "mobilenet_v2": mobilenet_v2,
 }
 MODEL_NAMES = tuple(BUILDERS)
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What one image looks like to a model, and how pixels in [0, 1] are normalised."""
-
-    channels: int = 1
-    size: int = 28
-    mean: tuple[float, ...] = (0.2860,)
-    std: tuple[float, ...] = (0.3530,)
-
-    def __post_init__(self) -> None:
-        if self.channels not in (1, 3):
-            raise ValueError(f"input channels must be 1 or 3, got {self.channels}")
-        if not 8 <= self.size <= 512:
-            raise ValueError(f"input size must be between 8 and 512, got {self.size}")
-        if len(self.mean) != self.channels or len(self.std) != self.channels:
-            raise ValueError(f"mean and std need {self.channels} values each, got {self.mean} / {self.std}")
-        if any(s <= 0 for s in self.std):
-            raise ValueError(f"std values must be positive, got {self.std}")
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (self.channels, self.size, self.size)
-
-    def to_dict(self) -> dict:
-        return {"channels": self.channels, "size": self.size, "mean": list(self.mean), "std": list(self.std)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "InputSpec":
-        return cls(int(d["channels"]), int(d["size"]), tuple(map(float, d["mean"])), tuple(map(float, d["std"])))
-
-
-def build_model(arch: str, num_classes: int = 10, input_spec: InputSpec = InputSpec()) -> ZooNet:
-    """Build an untrained zoo model, e.g. `build_model("resnet20", 10, InputSpec(3, 32, ...))`."""
-    if arch not in BUILDERS:
-        raise ValueError(f"unknown model {arch!r}; choose one of: {', '.join(MODEL_NAMES)}")
-    if num_classes < 2:
-        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-    return BUILDERS[arch](num_classes, input_spec.channels, input_spec.size)

@@ -2,7 +2,7 @@
 
 The graph takes the NORMALISED float32 input `images` (N, C, H, W): apps apply the student's
 mean/std themselves (the sidecar JSON states them), so the graph has no preprocessing baked in.
-Outputs are `features` (the penultimate vector, as `ZooNet.features_and_logits`) and `logits`,
+Outputs are `features` (the penultimate vector, as `Classifier.features_and_logits`) and `logits`,
 or only `logits` for apps that just classify.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from lnpt.shared.errors import LnptError
-from lnpt.shared.zoo import InputSpec, ZooNet
+from lnpt.shared.models import Classifier, InputSpec
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("features", "logits")
@@ -32,18 +32,19 @@ class ExportError(LnptError, RuntimeError):
 
 
 class ExportGraph(nn.Module):
-    """The student's body and head under their own names, so ONNX initializers keep the student's
-    parameter names (`body.0.weight`, `head.weight`), which is how sparsity is matched per layer."""
+    """The student's modules under their own names, so ONNX initializers keep the student's
+    parameter names (`body.0.weight`, `head.weight`, `net.fc.weight`), which is how sparsity is
+    matched per layer. The model itself is held outside the module tree (no `model.` prefix)."""
 
-    def __init__(self, model: ZooNet, logits_only: bool):
+    def __init__(self, model: Classifier, logits_only: bool):
         super().__init__()
-        self.body = model.body
-        self.head = model.head
+        for name, child in model.named_children():
+            self.add_module(name, child)
+        self.features_and_logits = model.features_and_logits
         self.logits_only = logits_only
 
     def forward(self, images: torch.Tensor):
-        features = self.body(images)
-        logits = self.head(features)
+        features, logits = self.features_and_logits(images)
         return logits if self.logits_only else (features, logits)
 
 
@@ -51,7 +52,7 @@ def output_names(logits_only: bool) -> tuple[str, ...]:
     return OUTPUT_NAMES[1:] if logits_only else OUTPUT_NAMES
 
 
-def to_onnx(model: ZooNet, spec: InputSpec, *, opset: int, logits_only: bool = False):
+def to_onnx(model: Classifier, spec: InputSpec, *, opset: int, logits_only: bool = False):
     """Export a copy of `model` (masks made permanent, eval mode); returns an `onnx.ModelProto`.
 
     `model` itself is never changed: masks are removed on a deep copy.
@@ -68,7 +69,7 @@ def to_onnx(model: ZooNet, spec: InputSpec, *, opset: int, logits_only: bool = F
                 dynamic_shapes={INPUT_NAME: {0: batch}}, external_data=False, verbose=False,
             )
     except Exception as exc:  # the exporter raises many types; the user needs one clear line
-        raise ExportError(f"torch.onnx.export failed for {model.arch} at opset {opset}: "
+        raise ExportError(f"torch.onnx.export failed for {model.spec} at opset {opset}: "
                           f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
     proto = program.model_proto
     # The exporter also lists every initializer in value_info; the quantizer rewrites some of them
@@ -79,13 +80,13 @@ def to_onnx(model: ZooNet, spec: InputSpec, *, opset: int, logits_only: bool = F
     proto.graph.value_info.extend(kept)
     written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if written != opset:
-        raise ExportError(f"torch's exporter cannot write opset {opset} for {model.arch} (it wrote opset "
+        raise ExportError(f"torch's exporter cannot write opset {opset} for {model.spec} (it wrote opset "
                           f"{written}); choose --opset {written} or newer")
     pin_ir_version(proto)
     return proto
 
 
-def permanent_copy(model: ZooNet) -> ZooNet:
+def permanent_copy(model: Classifier) -> Classifier:
     """A deep copy with masks made permanent (`prune.remove`); `model` keeps its masks."""
     from lnpt.edge.student import make_permanent, prunable_modules
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from lnpt.edge.pruning.scorers import Batches, model_device
 from lnpt.shared.objectives import Objective
-from lnpt.shared.zoo import ZooNet
+from lnpt.shared.models import Classifier
 
 # Torch-Pruning's criterion per name; only taylor reads gradients (of the objective).
 CHANNEL_IMPORTANCES = ("taylor", "magnitude", "random")
@@ -29,24 +29,31 @@ def count_macs_and_params(model: nn.Module, example: torch.Tensor) -> tuple[int,
     return int(macs), int(params)
 
 
-def feature_producers(model: ZooNet, example: torch.Tensor) -> list[nn.Module]:
+def feature_producers(model: Classifier, example: torch.Tensor) -> list[nn.Module]:
     """The layers whose output channels become the penultimate features: everything coupled to the
     head's input (in a ResNet, the whole last stage's residual width)."""
     import torch_pruning as tp
 
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    if model.head is None:
+        raise ValueError(f"channel pruning keeps the input width of the final Linear, and {model.spec} has "
+                         "none (its features come from --feature-node); use unstructured pruning")
+    try:
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    except Exception as exc:  # tracing failures surface as arbitrary types from deep inside Torch-Pruning
+        raise ValueError(f"Torch-Pruning {tp.__version__} cannot trace the channel dependencies of {model.spec} "
+                         f"({type(exc).__name__}: {exc}); use unstructured pruning (prune.structured = 0)") from exc
     group = graph.get_pruning_group(model.head, tp.prune_linear_in_channels,
                                     idxs=list(range(model.head.in_features)))
     return [dep.target.module for dep, _ in group
             if graph.is_out_channel_pruning_fn(dep.handler) and isinstance(dep.target.module, nn.Module)]
 
 
-def kept_width_layers(model: ZooNet, example: torch.Tensor) -> list[nn.Module]:
+def kept_width_layers(model: Classifier, example: torch.Tensor) -> list[nn.Module]:
     """The layers whose output width channel pruning leaves alone: the head and the feature producers."""
     return [model.head, *feature_producers(model, example)]
 
 
-def channel_pruner(model: ZooNet, example: torch.Tensor, ratio: float, importance: str = "taylor",
+def channel_pruner(model: Classifier, example: torch.Tensor, ratio: float, importance: str = "taylor",
                    steps: int = 1):
     """A Torch-Pruning MetaPruner removing `ratio` of every prunable group's channels in `steps`
     equal steps (each `step()` prunes to the next fraction of the original widths)."""
@@ -61,7 +68,7 @@ def channel_pruner(model: ZooNet, example: torch.Tensor, ratio: float, importanc
                                 iterative_steps=steps, ignored_layers=kept_width_layers(model, example))
 
 
-def taylor_gradients(model: ZooNet, objective: Objective, batches: Batches) -> None:
+def taylor_gradients(model: Classifier, objective: Objective, batches: Batches) -> None:
     """Accumulate the objective's gradients over `batches` (what Taylor importance reads), in train
     mode; batch-norm statistics are restored afterwards, so only the widths change when pruning."""
     buffers = {name: b.clone() for name, b in model.named_buffers()}
@@ -76,7 +83,7 @@ def taylor_gradients(model: ZooNet, objective: Objective, batches: Batches) -> N
     model.train(was_training)
 
 
-def prune_channels(model: ZooNet, ratio: float, objective: Objective | None, batches: Batches,
+def prune_channels(model: Classifier, ratio: float, objective: Objective | None, batches: Batches,
                    example: torch.Tensor, importance: str = "taylor", seed: int = 0) -> dict[str, Any]:
     """Remove `ratio` of the channels of every prunable group in place (Torch-Pruning MetaPruner;
     `importance` taylor: GroupTaylorImportance from the objective's gradients, magnitude: L1 norm,

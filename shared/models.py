@@ -1,0 +1,504 @@
+"""Models from one spec string, and their penultimate features without editing model code.
+
+A model spec names a network the same way in the CLI (`--model`), the config, the API and model files:
+
+- a zoo name: `lenet5`, `resnet20`, `resnet32`, `resnet56`, `vgg11_bn`, `vgg16_bn`, `vgg19_bn`, and the
+  small-input (re-stemmed) `resnet18` and `mobilenet_v2` of `lnpt.shared.zoo`;
+- `torchvision:NAME[:WEIGHTS]`: any classification builder of `torchvision.models`
+  (`torchvision.models.list_models(module=torchvision.models)`), with its standard stem, optionally
+  with pretrained weights (`torchvision:resnet50:IMAGENET1K_V2`, or `DEFAULT`);
+- `package.module:factory`: user code on the Python path; `factory(num_classes=..., in_channels=...)`
+  (each argument only when the factory takes it) returns an `nn.Module` that maps images to logits.
+
+Every built model is a `Classifier`: `forward(x)` gives logits, `features_and_logits(x)` gives the
+penultimate features and the logits from one pass. The features are the input of the network's
+final `nn.Linear` (the `head`), found by running the network once and seeing which Linear produced
+its output, and read with a forward pre-hook on that layer; `feature_node` names another module
+whose (flattened) output is used instead. The zoo's `body`/`head` split is one case of this: its
+head is the module named `head`. Pruning, the learning gap, training, model files, evaluation and
+ONNX export only use this interface, so they treat every model alike.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from lnpt.shared.errors import LnptError
+
+log = logging.getLogger("lnpt.shared.models")
+
+MIN_SIDE, MAX_SIDE = 8, 1024
+
+
+class ModelError(LnptError, ValueError):
+    """A model spec, weights file or feature node cannot be used; the message says what to change."""
+
+
+# --- input spec ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What one image looks like to a model, and how pixels in [0, 1] are normalised.
+
+    `size` is the side of a square input or `(height, width)`; `InputSpec(3, (96, 128), ...)`.
+    """
+
+    channels: int = 1
+    size: int | tuple[int, int] = 28
+    mean: tuple[float, ...] = (0.2860,)
+    std: tuple[float, ...] = (0.3530,)
+
+    def __post_init__(self) -> None:
+        size = self.size
+        if isinstance(size, (list, tuple)):
+            if len(size) != 2:
+                raise ValueError(f"input size must be one side or (height, width), got {size!r}")
+            height, width = int(size[0]), int(size[1])
+            object.__setattr__(self, "size", height if height == width else (height, width))
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        if self.channels not in (1, 3):
+            raise ValueError(f"input channels must be 1 or 3, got {self.channels}")
+        if not all(MIN_SIDE <= side <= MAX_SIDE for side in (self.height, self.width)):
+            raise ValueError(f"input size must be between {MIN_SIDE} and {MAX_SIDE} per side, got {self.size}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ValueError(f"mean and std need {self.channels} values each, got {self.mean} / {self.std}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std values must be positive, got {self.std}")
+
+    @property
+    def height(self) -> int:
+        return self.size if isinstance(self.size, int) else self.size[0]
+
+    @property
+    def width(self) -> int:
+        return self.size if isinstance(self.size, int) else self.size[1]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.height, self.width)
+
+    def resized(self, size: int | tuple[int, int]) -> "InputSpec":
+        return InputSpec(self.channels, size, self.mean, self.std)
+
+    def to_dict(self) -> dict:
+        size = self.size if isinstance(self.size, int) else list(self.size)
+        return {"channels": self.channels, "size": size, "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "InputSpec":
+        size = d["size"]
+        size = int(size) if isinstance(size, (int, float)) else tuple(int(s) for s in size)
+        return cls(int(d["channels"]), size, tuple(map(float, d["mean"])), tuple(map(float, d["std"])))
+
+
+def parse_size(text: str | int) -> int | tuple[int, int]:
+    """`--input-size` values: `96` (square) or `96x128` (height x width)."""
+    if isinstance(text, int):
+        return text
+    match = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", str(text))
+    if not match:
+        raise ModelError(f"input size {text!r}: give one side (96) or HEIGHTxWIDTH (96x128)")
+    height = int(match.group(1))
+    return height if match.group(2) is None else (height, int(match.group(2)))
+
+
+# --- the common model interface ------------------------------------------------------------------
+
+class Classifier(nn.Module):
+    """A classifier whose penultimate features are read at a named module (see the module docstring).
+
+    Attributes: `spec` (the model spec string), `feature_node` (the override, "" = input of the head),
+    `head_name` (qualified name of the final Linear, "" when it has none), `feature_dim`, `num_classes`.
+    """
+
+    spec: str = ""
+    feature_node: str = ""
+    head_name: str = ""
+    feature_dim: int = 0
+    num_classes: int = 0
+
+    @property
+    def head(self) -> nn.Linear | None:
+        """The final Linear layer (its input is the default feature node), or None."""
+        return self.submodule(self.head_name) if self.head_name else None
+
+    def submodule(self, name: str) -> nn.Module:
+        """The module at a qualified name (through `_modules`: `head` is also this property's name)."""
+        module: nn.Module = self
+        for part in name.split("."):
+            module = module._modules[part]
+        return module
+
+    @property
+    def network_prefix(self) -> str:
+        """Prefix of the wrapped network's module names inside this model ("" or "net.")."""
+        return ""
+
+    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(penultimate features (N, D), logits (N, K)) from one forward pass."""
+        captured: list[torch.Tensor] = []
+        if self.feature_node:
+            module = self.submodule(self.network_prefix + self.feature_node)
+            handle = module.register_forward_hook(lambda _m, _args, out: captured.append(out))
+        else:
+            handle = self.head.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+        try:
+            logits = self(x)
+        finally:
+            handle.remove()
+        if len(captured) != 1:
+            where = self.feature_node or f"the input of {self.head_name}"
+            raise ModelError(f"feature node {where} ran {len(captured)} times in one forward pass; "
+                             "choose a module that runs exactly once (--feature-node)")
+        return captured[0].flatten(1), logits
+
+
+class Network(Classifier):
+    """Any `nn.Module` mapping images to logits (torchvision or user code), held as `net`."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    @property
+    def network_prefix(self) -> str:
+        return "net."
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+# --- specs ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed model spec: `source` is "zoo", "torchvision" or "module"."""
+
+    source: str
+    name: str
+    weights: str = ""
+    module: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> "ModelSpec":
+        text = str(text).strip()
+        if not text:
+            raise ModelError("empty model spec; give a zoo name (e.g. resnet20), torchvision:NAME or "
+                             "package.module:factory")
+        if text.startswith("torchvision:"):
+            parts = text.split(":")
+            if len(parts) not in (2, 3) or not parts[1]:
+                raise ModelError(f"model spec {text!r}: expected torchvision:NAME or torchvision:NAME:WEIGHTS")
+            return cls("torchvision", parts[1], parts[2] if len(parts) == 3 else "")
+        if ":" in text:
+            module, _, factory = text.partition(":")
+            if not module or not factory.isidentifier():
+                raise ModelError(f"model spec {text!r}: expected package.module:factory")
+            return cls("module", factory, module=module)
+        return cls("zoo", text)
+
+    def __str__(self) -> str:
+        if self.source == "torchvision":
+            return f"torchvision:{self.name}" + (f":{self.weights}" if self.weights else "")
+        if self.source == "module":
+            return f"{self.module}:{self.name}"
+        return self.name
+
+    def without_weights(self) -> "ModelSpec":
+        """The same architecture without pretrained weights (how a saved model is rebuilt)."""
+        return ModelSpec(self.source, self.name, "", self.module)
+
+
+def zoo_network(spec: ModelSpec, num_classes: int, input_spec: InputSpec) -> Classifier:
+    from lnpt.shared import zoo
+
+    if spec.name not in zoo.BUILDERS:
+        raise ModelError(f"unknown model {spec.name!r}; choose one of: {', '.join(zoo.MODEL_NAMES)}, "
+                         "torchvision:NAME, or package.module:factory")
+    return zoo.BUILDERS[spec.name](num_classes, input_spec.channels, input_spec.height, input_spec.width)
+
+
+def torchvision_network(spec: ModelSpec, num_classes: int, input_spec: InputSpec) -> nn.Module:
+    import torchvision
+    from torchvision import models
+
+    names = models.list_models(module=torchvision.models)
+    if spec.name not in names:
+        close = difflib.get_close_matches(spec.name, names, n=5)
+        hint = f"; did you mean {', '.join(close)}?" if close else " (see torchvision.models.list_models())"
+        raise ModelError(f"torchvision:{spec.name} is not a classification model of torchvision "
+                         f"{torchvision.__version__}{hint}")
+    if not spec.weights:
+        return without_aux_logits(models.get_model(spec.name, weights=None, num_classes=num_classes))
+    try:
+        weights = models.get_model_weights(spec.name)[spec.weights] if spec.weights != "DEFAULT" \
+            else models.get_model_weights(spec.name).DEFAULT
+    except KeyError:
+        options = ", ".join(w.name for w in models.get_model_weights(spec.name))
+        raise ModelError(f"{spec}: torchvision has no weights {spec.weights!r} for {spec.name}; "
+                         f"choose one of {options} or DEFAULT") from None
+    try:
+        return without_aux_logits(models.get_model(spec.name, weights=weights))
+    except (OSError, RuntimeError) as exc:  # urllib's URLError is an OSError
+        folder = Path(torch.hub.get_dir()) / "checkpoints"
+        file = os.path.basename(weights.url)
+        raise ModelError(f"{spec}: cannot load torchvision weights {file} ({type(exc).__name__}: {exc}). "
+                         f"Offline, download {weights.url} elsewhere and put it at {folder / file} "
+                         f"(the folder follows $TORCH_HOME), or pass --weights FILE") from exc
+
+
+def without_aux_logits(net: nn.Module) -> nn.Module:
+    """GoogLeNet and Inception return auxiliary logits in train mode; lnpt trains on the main ones only."""
+    if getattr(net, "aux_logits", False):
+        net.aux_logits = False
+        for name in ("aux1", "aux2", "AuxLogits"):
+            if hasattr(net, name):
+                setattr(net, name, None)
+    return net
+
+
+def module_network(spec: ModelSpec, num_classes: int, input_spec: InputSpec) -> nn.Module:
+    try:
+        module = importlib.import_module(spec.module)
+    except ImportError as exc:
+        raise ModelError(f"model {spec}: cannot import module {spec.module!r} ({exc}); install the package "
+                         f"that provides it, or add the folder that holds it to PYTHONPATH "
+                         f"(e.g. PYTHONPATH=/path/to/project lnpt ...)") from exc
+    factory = getattr(module, spec.name, None)
+    if not callable(factory):
+        raise ModelError(f"model {spec}: module {spec.module!r} has no callable {spec.name!r}")
+    try:
+        accepted = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        accepted = {}
+    offered = {"num_classes": num_classes, "in_channels": input_spec.channels}
+    net = factory(**{k: v for k, v in offered.items() if k in accepted})
+    if not isinstance(net, nn.Module):
+        raise ModelError(f"model {spec}: {spec.name}(...) returned {type(net).__name__}, not an nn.Module")
+    return net
+
+
+# One registry of model sources, keyed by ModelSpec.source.
+SOURCES: dict[str, Callable[[ModelSpec, int, InputSpec], nn.Module]] = {
+    "zoo": zoo_network,
+    "torchvision": torchvision_network,
+    "module": module_network,
+}
+
+
+# --- building ------------------------------------------------------------------------------------
+
+def build_model(spec: str | ModelSpec, num_classes: int = 10, input_spec: InputSpec = InputSpec(), *,
+                weights: str | os.PathLike | None = None, feature_node: str = "", announce: bool = True) -> Classifier:
+    """Build a model from its spec, ready for pruning, training and export.
+
+    `num_classes` re-heads a classifier whose final Linear has another class count (pretrained
+    weights, a factory without arguments); what was changed is logged and kept in `model.notes`.
+    `input_spec` sets the channels (a 3-channel stem becomes 1-channel when asked) and the size the
+    model must run at (too small for its downsampling: ModelError with the minimum size).
+    `weights` is a state dict or checkpoint file (`torch.load(weights_only=True)`).
+    `feature_node` names the module whose output are the features ("" = input of the final Linear).
+    `announce=False` keeps the notes out of the log (rebuilding a saved model).
+
+        >>> from lnpt.shared.models import InputSpec, build_model
+        >>> spec = InputSpec(3, 96, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        >>> student = build_model("torchvision:mobilenet_v3_small", 10, spec)
+        >>> student.feature_dim, student.head_name
+        (1024, 'net.classifier.3')
+    """
+    parsed = spec if isinstance(spec, ModelSpec) else ModelSpec.parse(spec)
+    if num_classes < 2:
+        raise ModelError(f"num_classes must be at least 2, got {num_classes}")
+    net = SOURCES[parsed.source](parsed, num_classes, input_spec)
+    notes: list[str] = []
+    model = net if isinstance(net, Classifier) else Network(net)
+    if not isinstance(net, Classifier):
+        notes += match_channels(net, input_spec.channels)
+    if weights:
+        notes += load_weights(model, weights)
+    model.spec, model.feature_node = str(parsed), feature_node
+    model.head_name = find_head(model, input_spec)
+    if model.head is not None and model.head.out_features != num_classes:
+        notes.append(reheaded(model, num_classes))
+    model.feature_dim, model.num_classes = probe_widths(model, input_spec)
+    if model.num_classes != num_classes:
+        raise ModelError(f"{parsed} returns {model.num_classes} logits, but {num_classes} classes were asked for "
+                         "and it has no final Linear to re-head; build it with the right class count")
+    model.notes = notes
+    for note in notes if announce else ():
+        log.warning("%s: %s", parsed, note)
+    return model
+
+
+def match_channels(net: nn.Module, channels: int) -> list[str]:
+    """Give the first Conv2d `channels` inputs (grey images into an RGB stem: weights summed)."""
+    for name, conv in net.named_modules():
+        if isinstance(conv, nn.Conv2d):
+            if conv.in_channels == channels:
+                return []
+            if conv.groups != 1:
+                break
+            new = nn.Conv2d(channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                            conv.dilation, 1, conv.bias is not None, conv.padding_mode)
+            with torch.no_grad():
+                mean = conv.weight.mean(1, keepdim=True) * conv.in_channels / channels
+                new.weight.copy_(mean.expand_as(new.weight))
+                if conv.bias is not None:
+                    new.bias.copy_(conv.bias)
+            net.set_submodule(name, new)
+            return [f"first convolution {name} takes {channels} channel(s) instead of {conv.in_channels}"]
+    raise ModelError(f"cannot find the first convolution to give it {channels} input channel(s); "
+                     "use a model whose factory takes in_channels")
+
+
+def reheaded(model: Classifier, num_classes: int) -> str:
+    old = model.head
+    parent, _, leaf = model.head_name.rpartition(".")
+    setattr(model.submodule(parent) if parent else model, leaf,
+            nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
+    return (f"re-headed: new final Linear {model.head_name.removeprefix(model.network_prefix)} "
+            f"with {num_classes} classes (it had {old.out_features}); train it before use")
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state dict from a file: plain, under "state_dict"/"model"/"model_state_dict", or an lnpt model file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"--weights {path}: no such file")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types; weights_only refuses pickled modules
+        raise ModelError(f"--weights {path}: not a readable weights file ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}); save model.state_dict() with "
+                         "torch.save, a whole pickled module cannot be loaded safely") from exc
+    if isinstance(raw, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(raw.get(key), dict):
+                raw = raw[key]
+                break
+    if not isinstance(raw, dict) or not raw or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise ModelError(f"--weights {path}: expected a state dict (parameter name -> tensor)")
+    return {k.removeprefix("module."): v for k, v in raw.items()}  # DDP checkpoints prefix `module.`
+
+
+def load_weights(model: Classifier, path: str | os.PathLike) -> list[str]:
+    """Load a weights file into `model` (names with or without the `net.` prefix); a final layer of
+    another shape is left for re-heading, every other mismatch fails with the names."""
+    state = read_state_dict(path)
+    target = model.net if isinstance(model, Network) and not any(k.startswith("net.") for k in state) else model
+    own = target.state_dict()
+    skipped = sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)
+    result = target.load_state_dict({k: v for k, v in state.items() if k not in skipped}, strict=False)
+    missing = [k for k in result.missing_keys if k not in skipped]
+    if result.unexpected_keys or missing or len(skipped) > 2:
+        raise ModelError(f"--weights {path} does not fit {model.spec or type(target).__name__}: "
+                         f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}, "
+                         f"other shapes {skipped[:5]}")
+    return [f"loaded weights from {path}" + (f" except {', '.join(skipped)} (other shape)" if skipped else "")]
+
+
+def example_input(input_spec: InputSpec, batch: int = 2) -> torch.Tensor:
+    return torch.zeros(batch, *input_spec.shape)
+
+
+def run_once(model: nn.Module, input_spec: InputSpec, hooks: Callable[[], list] = list):
+    """One eval-mode forward on zeros at `input_spec`; a size error becomes a ModelError with the minimum."""
+    was_training = model.training
+    handles = hooks()
+    try:
+        with torch.no_grad():
+            return model.eval()(example_input(input_spec))
+    except RuntimeError as exc:
+        minimum = minimum_size(model, input_spec)
+        if minimum is None:
+            raise ModelError(f"the model cannot run on {input_spec.channels} x {input_spec.height} x "
+                             f"{input_spec.width} inputs: {str(exc).splitlines()[0]}") from exc
+        raise ModelError(f"input size {input_spec.height}x{input_spec.width} is too small for this model "
+                         f"(its downsampling needs at least {minimum}x{minimum}); use --input-size {minimum} "
+                         f"or larger ({str(exc).splitlines()[0]})") from exc
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+
+
+def minimum_size(model: nn.Module, input_spec: InputSpec) -> int | None:
+    """The smallest square side (up to MAX_SIDE) the model runs at: doubling, then bisection; None if none."""
+    def runs(side: int) -> bool:
+        try:
+            with torch.no_grad():
+                model(example_input(input_spec.resized(side), batch=1))
+            return True
+        except RuntimeError:
+            return False
+
+    low = max(input_spec.height, input_spec.width)
+    high = min(2 * low, MAX_SIDE)
+    while not runs(high):
+        if high == MAX_SIDE:
+            return None
+        low, high = high + 1, min(2 * high, MAX_SIDE)
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if runs(middle) else (middle + 1, high)
+    return high
+
+
+def find_head(model: Classifier, input_spec: InputSpec) -> str:
+    """Name of the Linear whose output is the model's output; ModelError with candidates otherwise."""
+    outputs: dict[str, list[torch.Tensor]] = {}
+
+    def hooks():
+        return [m.register_forward_hook(lambda _m, _a, out, n=name: outputs.setdefault(n, []).append(out))
+                for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+
+    result = run_once(model, input_spec, hooks)
+    if not isinstance(result, torch.Tensor) or result.dim() != 2:
+        raise ModelError(f"{model.spec}: the model must return logits as one (N, classes) tensor, got "
+                         f"{type(result).__name__}{tuple(result.shape) if isinstance(result, torch.Tensor) else ''}")
+    heads = [name for name, outs in outputs.items() if any(out is result for out in outs)]
+    if len(heads) == 1 and len(outputs[heads[0]]) == 1:
+        return heads[0]
+    if model.feature_node:
+        return ""  # the user named the features; the model simply has no single final Linear
+    prefix = model.network_prefix
+    candidates = [n.removeprefix(prefix) for n, m in model.named_modules() if n.startswith(prefix) and n != prefix.rstrip(".")]
+    problem = "several final Linear layers" if len(heads) > 1 else "no final nn.Linear producing its output"
+    raise ModelError(f"{model.spec}: {problem}, so the penultimate features cannot be found; name the module "
+                     f"whose output are the features with --feature-node (config model.feature_node); "
+                     f"candidates: {', '.join(candidates[-12:]) or '(no submodules)'}")
+
+
+def probe_widths(model: Classifier, input_spec: InputSpec) -> tuple[int, int]:
+    """(feature width, class count) from one forward; checks the feature node exists."""
+    if model.feature_node:
+        names = {n for n, _ in model.named_modules()}
+        if model.network_prefix + model.feature_node not in names:
+            prefix = model.network_prefix
+            close = difflib.get_close_matches(model.feature_node, [n.removeprefix(prefix) for n in names], n=8)
+            raise ModelError(f"feature node {model.feature_node!r} is not a module of {model.spec}; "
+                             f"close names: {', '.join(close) or '(none)'}")
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            features, logits = model.eval().features_and_logits(example_input(input_spec))
+    finally:
+        model.train(was_training)
+    return int(features.shape[1]), int(logits.shape[1])
+
+
+def describe(model: Classifier) -> dict:
+    """What identifies a built model in reports and model files."""
+    return {"spec": model.spec, "feature_node": model.feature_node, "head": model.head_name,
+            "feature_dim": model.feature_dim, "num_classes": model.num_classes}
