@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-COMMAND_MODULES = ("lnpt.edge.pruning.cli", "lnpt.edge.training.cli", "lnpt.edge.export.cli")
+COMMAND_MODULES = ("lnpt.edge.pruning.cli", "lnpt.edge.training.cli", "lnpt.edge.onnx.cli")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

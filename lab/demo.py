@@ -274,7 +274,7 @@ class Demo:
         """Accuracy on the real test set (labels read here only), agreement and learning gap vs the teacher."""
         from lnpt.edge.teachers.remote import GuidanceClient
         from lnpt.edge.student import load_student
-        from lnpt.edge.evaluate import evaluate
+        from lnpt.edge.evaluation import evaluate
         from lnpt.shared.config import load_config
         from lnpt.shared.data import load_fashion_mnist
 
@@ -291,7 +291,7 @@ class Demo:
         with self.stage("export") as result:
             if result is None:
                 return
-            from lnpt.edge.export.pipeline import ExportOptions, export_student
+            from lnpt.edge.onnx.pipeline import ExportOptions, export_student
 
             for storage in ("dense", "sparse"):
                 out = self.path(f"student-{storage}.onnx")

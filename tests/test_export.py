@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch.nn.utils import prune
 
-from lnpt.edge.export.onnx_export import ExportError
-from lnpt.edge.export.pipeline import ExportOptions, export_student
-from lnpt.edge.export.sparse import layer_weights
+from lnpt.edge.onnx.onnx_export import ExportError
+from lnpt.edge.onnx.pipeline import ExportOptions, export_student
+from lnpt.edge.onnx.sparse import layer_weights
 from lnpt.edge.student import load_student, prunable_modules, save_student
 from lnpt.shared.model_file import ModelFileError, save_model
 from lnpt.shared.cli import main

@@ -113,8 +113,8 @@ def test_client_killed_during_checkpoint_writes_leaves_the_previous_checkpoint_l
 
 
 def test_corrupt_checkpoint_onnx_and_config_files_fail_clearly_and_are_left_alone(tmp_path):
-    from lnpt.edge.export.onnx_export import ExportError
-    from lnpt.edge.export.verify import session
+    from lnpt.edge.onnx.onnx_export import ExportError
+    from lnpt.edge.onnx.verify import session
     from lnpt.edge.training.checkpoints import load_checkpoint, save_checkpoint
     from lnpt.shared.model_file import ModelFileError
     from lnpt.shared.config import ConfigError, load_config

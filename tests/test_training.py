@@ -22,7 +22,7 @@ from support.recording import Recording
 from support.servers import free_port, make_student, make_teacher, running_server, server_process
 
 from lnpt.edge.student import load_student
-from lnpt.edge.evaluate import evaluate
+from lnpt.edge.evaluation import metrics
 from lnpt.edge.teachers import LocalTeacher
 from lnpt.edge.training.image_source import ImageSource
 from lnpt.edge.training.trainer import GuidedTrainer
@@ -66,7 +66,7 @@ def test_guided_training_learns_without_labels(teacher_path, student_path, fashi
     test_images, test_labels = fashion_test
     teacher = Teacher.load(teacher_path)
     before, _ = load_student(student_path)
-    start = evaluate(before, FASHION_MNIST_SPEC, test_images, test_labels, LocalTeacher(teacher))
+    start = metrics(before, FASHION_MNIST_SPEC, test_images, test_labels, LocalTeacher(teacher))
     out, log = tmp_path / "trained.pt", tmp_path / "log.jsonl"
     with running_server(teacher_path) as srv:
         rc = main(["train", "--student", str(student_path), "--teacher", srv.address, "--insecure",
@@ -76,7 +76,7 @@ def test_guided_training_learns_without_labels(teacher_path, student_path, fashi
     summary = json.loads(capsys.readouterr().out)
     assert summary["steps"] == 300 and summary["source_stats"]["responses"] == 300
     trained, record = load_student(out)
-    end = evaluate(trained, FASHION_MNIST_SPEC, test_images, test_labels, LocalTeacher(teacher))
+    end = metrics(trained, FASHION_MNIST_SPEC, test_images, test_labels, LocalTeacher(teacher))
     # Chance is 0.10 and the teacher reaches ~0.75; 300 guided steps from this seed reach ~0.72.
     # 0.5 leaves a wide margin (the student trails the teacher, it is far from chance) against noise.
     assert end["accuracy"] >= 0.5, end

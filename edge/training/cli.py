@@ -155,7 +155,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from lnpt.edge.student import load_student
     from lnpt.edge.teachers import open_teacher
-    from lnpt.edge.evaluate import evaluate, labeled_folder
+    from lnpt.edge.evaluation import evaluate, labeled_folder
     from lnpt.shared.data import load_fashion_mnist
 
     config = config_from_args(args, flag_overrides(args, CLIENT_FLAGS))

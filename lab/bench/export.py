@@ -83,7 +83,7 @@ def latencies(files: dict[str, Path], shape: tuple, batch_sizes: tuple, rounds: 
     """Median seconds per run for each model and batch size, models interleaved within each round."""
     import numpy as np
 
-    from lnpt.edge.export.verify import session
+    from lnpt.edge.onnx.verify import session
 
     sessions = {name: session(path, threads) for name, path in files.items()}
     rng = np.random.default_rng(0)
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from lnpt.edge.export.pipeline import ExportOptions, export_student
+    from lnpt.edge.onnx.pipeline import ExportOptions, export_student
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="lnpt-bench-export-") as tmp:

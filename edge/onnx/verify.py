@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lnpt.edge.export.onnx_export import INPUT_NAME, ExportError
+from lnpt.edge.onnx.onnx_export import INPUT_NAME, ExportError
 
 BATCH_SIZES = (1, 7)
 

@@ -13,13 +13,13 @@ import gzip
 import hashlib
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from lnpt.edge.export.onnx_export import INPUT_NAME, ExportError, output_names
+from lnpt.edge.onnx.onnx_export import INPUT_NAME, ExportError, output_names
 
 SIDECAR_FORMAT = "lnpt-onnx-sidecar"
 SIDECAR_VERSION = 1
@@ -77,7 +77,7 @@ def real_images(spec, folder: str, count: int, data_root: str, train: bool):
 
 
 def student_sparsity(model) -> dict:
-    from lnpt.edge.export.sparse import sparsity_report
+    from lnpt.edge.onnx.sparse import sparsity_report
     from lnpt.edge.student import plain_state_dict, prunable_modules
 
     state = plain_state_dict(model)
@@ -97,10 +97,10 @@ def export_student(student: str | Path, out: str | Path, options: ExportOptions,
     import onnxruntime
     import torch
 
-    from lnpt.edge.export import quantize as quant
-    from lnpt.edge.export import sparse
-    from lnpt.edge.export.onnx_export import serialize, to_onnx
-    from lnpt.edge.export.verify import reference_outputs, verify
+    from lnpt.edge.onnx import quantize as quant
+    from lnpt.edge.onnx import sparse
+    from lnpt.edge.onnx.onnx_export import serialize, to_onnx
+    from lnpt.edge.onnx.verify import reference_outputs, verify
     from lnpt.edge.student import load_student
     from lnpt.shared.files import atomic_write
     from lnpt.shared.data import normalize
@@ -210,11 +210,55 @@ def export_student(student: str | Path, out: str | Path, options: ExportOptions,
     return result
 
 
+@dataclass
+class ExportResult:
+    """What `export` wrote and verified; `details` is the full summary (also in the sidecar JSON)."""
+
+    path: Path
+    sidecar: Path
+    bytes: int
+    gzip_bytes: int
+    max_abs_diff: float
+    accuracy: dict | None
+    details: dict
+
+
+def export(student, out: str | Path, *, config=None, overwrite: bool = False,
+           progress: Callable[[str], None] = lambda line: None, **options) -> ExportResult:
+    """Export a student file (or a saved Student) to a verified ONNX file with its sidecar JSON.
+
+    Every artifact is checked (onnx.checker, an ONNX Runtime session, outputs against PyTorch on
+    real images); nothing is written when a check fails. `config` gives the [export] settings;
+    `options` override ExportOptions fields by name (storage="sparse", quantize="int8-static",
+    eval_fashion_mnist=1000, ...). An existing `out` is refused unless `overwrite`.
+
+        >>> from lnpt.edge import export
+        >>> export("student-trained.pt", "student.onnx", storage="sparse").bytes  # doctest: +SKIP
+    """
+    from lnpt.shared.config import Config
+
+    path = getattr(student, "path", student)
+    if path is None:
+        raise ExportError("the student has no file yet: save it first (student.save(path))")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ExportError(f"{out} exists; choose another --out, or pass --overwrite to replace it")
+    chosen = ExportOptions.from_config(config or Config())
+    unknown = set(options) - set(chosen.__dataclass_fields__)
+    if unknown:
+        raise ExportError(f"unknown export option(s) {', '.join(sorted(unknown))}; "
+                          f"known: {', '.join(chosen.__dataclass_fields__)}")
+    details = export_student(path, out, replace(chosen, **options), progress)
+    artifact = details["sizes"]["artifact"]
+    return ExportResult(out, Path(details["sidecar"]), artifact["bytes"], artifact["gzip_bytes"],
+                        details["max_abs_diff"], details["accuracy"], details)
+
+
 def fashion_mnist_accuracy(model, record, artifact_bytes: bytes, options: ExportOptions) -> dict:
     """Top-1 accuracy of PyTorch and of the artifact on the first N labeled Fashion-MNIST test images."""
     import torch
 
-    from lnpt.edge.export.verify import accuracy, session
+    from lnpt.edge.onnx.verify import accuracy, session
     from lnpt.shared.data import FASHION_MNIST_CLASSES, adapt, load_fashion_mnist, normalize
 
     if tuple(record.class_names) != FASHION_MNIST_CLASSES:
@@ -245,7 +289,7 @@ def compare_sparsity(student: dict, artifact, quantized: bool) -> dict:
     Float graphs hold the same zeros (BatchNorm folding scales a channel, it cannot fill a zero);
     symmetric int8 keeps every zero and may round a few tiny weights to zero as well.
     """
-    from lnpt.edge.export.sparse import layer_weights, sparsity_report
+    from lnpt.edge.onnx.sparse import layer_weights, sparsity_report
 
     try:
         exported = sparsity_report(layer_weights(artifact, list(student["per_layer"])))
@@ -265,7 +309,7 @@ def convert_to_ort(onnx_bytes: bytes, reference, quantized: bool, check: dict) -
     import importlib.util
     import tempfile
 
-    from lnpt.edge.export.verify import verify
+    from lnpt.edge.onnx.verify import verify
 
     if importlib.util.find_spec("onnxruntime.tools.convert_onnx_models_to_ort") is None:
         return {"skipped": "this onnxruntime install has no onnxruntime.tools.convert_onnx_models_to_ort"}, None

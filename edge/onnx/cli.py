@@ -69,7 +69,7 @@ EXPORT_FLAGS = {flag: f"export.{key}" for flag, key in {
 def run_export(args: argparse.Namespace) -> int:
     import torch
 
-    from lnpt.edge.export.pipeline import ExportOptions, export_student
+    from lnpt.edge.onnx.pipeline import ExportOptions, export_student
 
     config = config_from_args(args, flag_overrides(args, EXPORT_FLAGS))
     torch.set_num_threads(args.threads)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from lnpt.edge.export.onnx_export import INPUT_NAME, ExportError, pin_ir_version
+from lnpt.edge.onnx.onnx_export import INPUT_NAME, ExportError, pin_ir_version
 
 MODES = ("int8", "int8-static")
 
