@@ -55,12 +55,12 @@ def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
-def sample_keys(images: ImageSource, batch_size: int = 512) -> list[bytes]:
-    """Content digests of every (un-augmented) sample, in dataset order."""
-    keys: list[bytes] = []
-    for start in range(0, len(images), batch_size):
-        batch = images.batch(torch.arange(start, min(start + batch_size, len(images))))
-        keys.extend(digest(image) for image in batch)
+def sample_keys(images: ImageSource, batch_size: int = 512) -> list[bytes | None]:
+    """Content digests of every (un-augmented) sample, in dataset order (None for a skipped bad file)."""
+    keys: list[bytes | None] = [None] * len(images)
+    for _, indices, batch in images.stream(torch.arange(len(images)).split(batch_size)):
+        for i, image in zip(indices.tolist(), batch):
+            keys[i] = digest(image)
     return keys
 
 
@@ -78,11 +78,17 @@ class TrainResult:
     source_stats: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+    data_stats: dict[str, Any] = field(default_factory=dict)  # images found, bad files skipped (ImageSource.stats)
+        return {**self.__dict__, "target_wait_fraction": self.target_wait_fraction}
 
 
 class GuidedTrainer:
     """Train `model` (a masked ZooNet) on `images` with targets from `source` (see sources.py).
+    @property
+    def target_wait_fraction(self) -> float:
+        """Share of the run's time the training loop waited for targets (0 = the teacher never held it up)."""
+        return self.target_wait_seconds / self.seconds if self.seconds > 0 else 0.0
+
 
     `source` may be None when a complete `cache` makes the network unnecessary. `log` receives one
     dict per event (step, epoch, checkpoint, done); the CLI writes them as JSON lines.
@@ -236,6 +242,7 @@ class GuidedTrainer:
             self.scheduler.step()
         gap = math.nan
         if student_features.shape == features.shape:
+            data_stats=self.images.stats(),
             gap = float(learning_gap(student_features.detach(), features, self.gap_kind))
         return float(loss.detach()), gap
 
@@ -248,9 +255,10 @@ class GuidedTrainer:
         produced: deque = deque()
 
         def batches() -> Iterator[torch.Tensor]:
-            for b in range(first, last):
-                indices = self.order[b * self.batch_size:(b + 1) * self.batch_size]
-                images = self.images.batch(indices)
+            index_batches = [self.order[b * self.batch_size:(b + 1) * self.batch_size] for b in range(first, last)]
+            # decoded ahead by the source's DataLoader workers; a skipped bad file shortens its batch
+            for position, indices, images in self.images.stream(index_batches):
+                b = first + position
                 if self.augment:
                     images = random_crop_flip(images, batch_generator(self.cfg.seed, epoch, b))
                 produced.append((b, indices, images))
@@ -285,7 +293,7 @@ class GuidedTrainer:
 
         if self.keys is None:
             self.keys = sample_keys(self.images)
-        missing = [i for i, key in enumerate(self.keys) if key not in self.cache.rows]
+        missing = self.cache.missing(self.keys)
         if not missing:
             return
         if self.source is None:
@@ -294,7 +302,15 @@ class GuidedTrainer:
         chunks = [torch.tensor(missing[s:s + self.batch_size]) for s in range(0, len(missing), self.batch_size)]
         bar = tqdm(total=len(missing), unit="img", desc="caching targets", disable=not self.progress)
         try:
-            for indices, (features, logits) in zip(chunks, self.source.stream(self.images.batch(c) for c in chunks)):
+            pending: deque = deque()
+
+            def pixels() -> Iterator[torch.Tensor]:
+                for _, indices, images in self.images.stream(chunks):
+                    pending.append(indices)
+                    yield images
+
+            for features, logits in self.source.stream(pixels()):
+                indices = pending.popleft()
                 self.cache.add([self.keys[int(i)] for i in indices], features, logits)
                 bar.update(len(indices))
         finally:
