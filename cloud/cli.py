@@ -47,10 +47,11 @@ TEACHER_FLAGS = {"model": "teacher.model", "epochs": "teacher.epochs", "batch_si
 
 def run_serve(args: argparse.Namespace) -> int:
     config = config_from_args(args, flag_overrides(args, SERVE_FLAGS))
-    from lnpt.cloud.logs import setup_logging
+    from lnpt.cloud.logs import route_native_stderr, setup_logging
     from lnpt.cloud.server import serve
 
     setup_logging(config.server.log_format)
+    route_native_stderr()  # gRPC core's own messages become escaped one-line records too
     serve(config, args.checkpoint)
     return 0
 

@@ -6,6 +6,7 @@ Kubernetes probes work without a token.
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 from pathlib import Path
@@ -18,6 +19,7 @@ log = logging.getLogger("lnpt.cloud.security")
 
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
 AUTH_HELP = "send metadata 'authorization: Bearer <token>' with a token listed in the server's tokens file"
+MIN_TOKEN_LENGTH = 16  # characters; `openssl rand -hex 32` makes 64
 
 
 def read_pem(path: str, what: str) -> bytes:
@@ -44,7 +46,8 @@ def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
 
 
 def load_tokens(path: str) -> list[bytes]:
-    """One token per line; blank lines and lines starting with '#' are ignored."""
+    """One token per line; blank lines and lines starting with '#' are ignored. A token shorter than
+    MIN_TOKEN_LENGTH is refused: it could be guessed."""
     try:
         lines = Path(path).read_text().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -52,7 +55,27 @@ def load_tokens(path: str) -> list[bytes]:
     tokens = [line.strip().encode() for line in lines if line.strip() and not line.strip().startswith("#")]
     if not tokens:
         raise ConfigError(f"server.tokens_file = {path!r}: holds no token (one per line)")
+    short = [number for number, token in enumerate(tokens, 1) if len(token) < MIN_TOKEN_LENGTH]
+    if short:
+        raise ConfigError(f"server.tokens_file = {path!r}: token {short[0]} (counting tokens, not lines) has fewer "
+                          f"than {MIN_TOKEN_LENGTH} characters and could be guessed; make one with "
+                          "`openssl rand -hex 32`")
     return tokens
+
+
+def token_matches(presented: bytes, tokens: list[bytes]) -> bool:
+    """Constant time: compared with every token (no early exit), so timing reveals neither which
+    nor how much matched."""
+    matches = [hmac.compare_digest(presented, token) for token in tokens]
+    return any(matches)
+
+
+def token_id(metadata, tokens: list[bytes]) -> str | None:
+    """A short non-secret name of the valid token in `metadata` (for per-token limits and logs), or None."""
+    presented = bearer_token(metadata)
+    if presented is None or not token_matches(presented, tokens):
+        return None
+    return "token-" + hashlib.sha256(presented).hexdigest()[:8]
 
 
 def bearer_token(metadata) -> bytes | None:
@@ -73,11 +96,7 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
 
     def authorized(self, metadata) -> bool:
         presented = bearer_token(metadata)
-        if presented is None:
-            return False
-        # Compare with every token (no early exit) so timing reveals neither which nor how much matched.
-        matches = [hmac.compare_digest(presented, token) for token in self.tokens]
-        return any(matches)
+        return presented is not None and token_matches(presented, self.tokens)
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
