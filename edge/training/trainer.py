@@ -76,19 +76,14 @@ class TrainResult:
     teacher_version: str
     resumed_from_step: int = 0
     source_stats: dict[str, Any] = field(default_factory=dict)
+    data_stats: dict[str, Any] = field(default_factory=dict)  # images found, bad files skipped (ImageSource.stats)
 
     def to_dict(self) -> dict[str, Any]:
-    data_stats: dict[str, Any] = field(default_factory=dict)  # images found, bad files skipped (ImageSource.stats)
-        return {**self.__dict__, "target_wait_fraction": self.target_wait_fraction}
+        return dict(self.__dict__)
 
 
 class GuidedTrainer:
     """Train `model` (a masked ZooNet) on `images` with targets from `source` (see sources.py).
-    @property
-    def target_wait_fraction(self) -> float:
-        """Share of the run's time the training loop waited for targets (0 = the teacher never held it up)."""
-        return self.target_wait_seconds / self.seconds if self.seconds > 0 else 0.0
-
 
     `source` may be None when a complete `cache` makes the network unnecessary. `log` receives one
     dict per event (step, epoch, checkpoint, done); the CLI writes them as JSON lines.
@@ -225,6 +220,7 @@ class GuidedTrainer:
             samples=(self.step - self.resumed_from) * self.batch_size, seconds=time.perf_counter() - started,
             target_wait_seconds=self.wait_seconds, final_loss=loss_value, teacher_version=self.teacher_version,
             resumed_from_step=self.resumed_from, source_stats=dict(getattr(self.source, "stats", {}) or {}),
+            data_stats=self.images.stats(),
         )
         self.emit({"event": "done", **result.to_dict()})
         return result
@@ -242,7 +238,6 @@ class GuidedTrainer:
             self.scheduler.step()
         gap = math.nan
         if student_features.shape == features.shape:
-            data_stats=self.images.stats(),
             gap = float(learning_gap(student_features.detach(), features, self.gap_kind))
         return float(loss.detach()), gap
 
