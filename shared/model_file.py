@@ -24,6 +24,7 @@ from torch import nn
 from lnpt.shared.errors import LnptError
 from lnpt.shared.files import atomic_save
 from lnpt.shared.models import Classifier, InputSpec, ModelError, ModelSpec, build_model
+from lnpt.shared.preprocess import Preprocess
 
 FORMAT = "lnpt-model"
 FORMAT_VERSION = 1
@@ -58,6 +59,11 @@ class ModelFile:
     version: str
     extra: dict[str, Any] = field(default_factory=dict)
     feature_node: str = ""  # "" = the input of the final Linear
+    preprocess: Preprocess | None = None  # how raw images become input; None = the spec's default
+
+    def __post_init__(self) -> None:
+        if self.preprocess is None:
+            self.preprocess = Preprocess.for_spec(self.input_spec)
 
     def build(self, load_weights: bool = True) -> Classifier:
         """Rebuild the model from its spec and load the weights (strict: every key must match).
@@ -91,18 +97,19 @@ def save_model(
     class_names: list[str],
     extra: dict[str, Any] | None = None,
     state_dict: dict[str, torch.Tensor] | None = None,
+    preprocess: Preprocess | None = None,
 ) -> ModelFile:
     """Save `model` atomically; returns what was written (including its version id)."""
     state = {k: v.detach().to("cpu").clone() for k, v in (state_dict or model.state_dict()).items()}
     record = ModelFile(kind, model.spec, model.num_classes, input_spec, list(class_names), state,
-                       state_version(state), dict(extra or {}), model.feature_node)
+                       state_version(state), dict(extra or {}), model.feature_node, preprocess)
     atomic_save(
         {
             "format": FORMAT, "format_version": FORMAT_VERSION, "kind": record.kind,
             "arch": record.arch, "num_classes": record.num_classes,
             "input_spec": input_spec.to_dict(), "class_names": record.class_names,
             "state_dict": state, "version": record.version, "extra": record.extra,
-            "feature_node": record.feature_node,
+            "feature_node": record.feature_node, "preprocess": record.preprocess.to_dict(),
         },
         path,
     )
@@ -129,6 +136,7 @@ def load_model(path: str | os.PathLike, kind: str | None = None) -> ModelFile:
             input_spec=InputSpec.from_dict(raw["input_spec"]), class_names=list(raw["class_names"]),
             state_dict=dict(raw["state_dict"]), version=str(raw["version"]), extra=dict(raw.get("extra", {})),
             feature_node=str(raw.get("feature_node", "")),
+            preprocess=Preprocess.from_dict(raw["preprocess"]) if raw.get("preprocess") else None,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(f"{path}: incomplete or invalid model file ({exc})") from exc
