@@ -4,6 +4,8 @@
 #   docker build -f deploy/docker/cloud.Dockerfile -t lnpt-cloud:cpu .
 #   docker build -f deploy/docker/cloud.Dockerfile --build-arg VARIANT=cuda -t lnpt-cloud:cuda .
 # The teacher model file is mounted at /models/teacher.pt, or baked in with teacher.Dockerfile.
+# The base of both stages: any Debian-based image with Python 3.11, `python` on PATH and the venv
+# module (deploy/verify.sh builds on a local Debian base made with mmdebstrap).
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
@@ -13,6 +15,13 @@ ARG VARIANT=cpu
 # Set to pick another wheel index for torch, e.g. https://download.pytorch.org/whl/cu130.
 ARG TORCH_INDEX=""
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# Optional pip settings for this stage, e.g. a local wheel mirror mounted into the build
+# and its TLS CA bundle (deploy/verify.sh passes the host's own); unset, pip uses PyPI. The final
+# stage keeps none.
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_CERT
 RUN python -m venv /opt/lnpt
 WORKDIR /src
 # torch first, in its own layer: it is large and changes less often than lnpt's sources.

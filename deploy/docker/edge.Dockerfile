@@ -5,12 +5,21 @@
 #   docker buildx build --platform linux/arm64,linux/amd64 -f deploy/docker/edge.Dockerfile -t lnpt-edge .
 # On a Jetson, prefer the systemd path (deploy/README.md): NVIDIA's JetPack torch wheel is built
 # against the device's CUDA, this image's CPU wheels are not.
+# The base of both stages: any Debian-based image with Python 3.11, `python` on PATH and the venv
+# module (deploy/verify.sh builds on a local Debian base made with mmdebstrap).
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 # PyTorch's CPU wheel index has both x86_64 and aarch64 wheels and no CUDA libraries.
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# Optional pip settings for this stage, e.g. a local wheel mirror mounted into the build
+# and its TLS CA bundle (deploy/verify.sh passes the host's own); unset, pip uses PyPI. The final
+# stage keeps none.
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_CERT
 RUN python -m venv /opt/lnpt
 WORKDIR /src
 COPY requirements.lock ./
