@@ -138,11 +138,11 @@ class MetricsHttpServer(http.server.HTTPServer):
     daemon_threads = True
 
     def __init__(self, address, registry: CollectorRegistry, tokens: list[bytes] | None):
-        super().__init__(address, MetricsHandler)
         self.registry = registry
         self.tokens = tokens
         self.pool = ThreadPoolExecutor(max_workers=HTTP_WORKERS, thread_name_prefix="lnpt-metrics")
         self.free = threading.Semaphore(HTTP_WORKERS)
+        super().__init__(address, MetricsHandler)  # binds: OSError when the port is taken
 
     def authorized(self, header: str | None) -> bool:
         if not self.tokens:

@@ -8,11 +8,14 @@
   identity serializers, so bytes the .proto would never produce reach the server.
 - `expired_certificate` / `wrong_host_certificate`: server certificates signed by a test CA that
   a client must refuse.
+- `idle_connections(port, n, source=...)`: a flood of TCP connections that send nothing, optionally
+  from another loopback address (127.0.0.2, ...), counting how many the server closes.
 - `rss_bytes(pid)` / `peak_rss_bytes(pid)`: resident memory from /proc.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import socket
@@ -279,6 +282,61 @@ def send_tcp_garbage(port: int, rng: random.Random, connections: int, timeout: f
                     pass
             except (ConnectionResetError, socket.timeout):
                 pass
+
+
+class IdleConnections:
+    """TCP connections that send nothing; `closed()` counts those the server has closed."""
+
+    def __init__(self, sockets: list[socket.socket], refused: int):
+        self.sockets = sockets
+        self.refused = refused  # connect() itself failed (the server's backlog was full)
+        self.ended: set[int] = set()
+
+    def closed(self) -> int:
+        for i, sock in enumerate(self.sockets):
+            if i in self.ended:
+                continue
+            try:
+                while True:
+                    if sock.recv(65536) == b"":  # EOF: the server closed it
+                        self.ended.add(i)
+                        break
+            except BlockingIOError:
+                pass  # open, nothing (more) to read
+            except OSError:  # reset
+                self.ended.add(i)
+        return len(self.ended) + self.refused
+
+    def open_count(self) -> int:
+        return len(self.sockets) + self.refused - self.closed()
+
+    def wait_closed(self, at_least: int, timeout: float) -> int:
+        """Poll until `at_least` connections are closed or `timeout` passes; returns the count."""
+        wait_for(lambda: self.closed() >= at_least, timeout)
+        return self.closed()
+
+
+@contextlib.contextmanager
+def idle_connections(port: int, count: int, source: str = "127.0.0.1", host: str = "127.0.0.1"):
+    """Open `count` idle TCP connections to host:port from `source` (any 127.x.y.z works on Linux
+    loopback, so a flood can come from "another client"); all are closed on exit."""
+    sockets, refused = [], 0
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            try:
+                sock.bind((source, 0))
+                sock.settimeout(5)
+                sock.connect((host, port))
+                sock.setblocking(False)
+                sockets.append(sock)
+            except OSError:
+                sock.close()
+                refused += 1
+        yield IdleConnections(sockets, refused)
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def metrics(proc) -> dict[str, float]:
