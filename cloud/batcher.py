@@ -2,22 +2,30 @@
 
 Like Triton's dynamic batcher: a bounded queue, a largest batch and a longest queue delay. The
 oldest waiting request never waits more than `max_queue_delay_ms` for company; a full queue is
-refused (`QueueFull`) instead of growing memory. The teacher runs in inference mode on a single
-worker thread so the event loop keeps reading and writing streams while it computes; the next batch
-collects while the current one runs.
+refused (`QueueFull`) instead of growing memory.
+
+The event loop only queues a request (a read-only view of its bytes) and, once per batch, hands
+the finished answers to the waiting streams. Everything else runs on one worker thread, so no
+stream waits behind CPU work on the loop: collecting the batch, the one copy of the pixels into it,
+normalisation, the forward pass, the float16 conversion (once per batch) and encoding each
+request's answer as a ready `TargetsResponse`. Requests that arrive while a batch computes form
+the next one.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
+from lnpt.shared.codec import encode_array
 from lnpt.shared.data import normalize
+from lnpt.shared.protocol import guidance_pb2 as pb
 from lnpt.shared.teacher_model import Teacher
 
 log = logging.getLogger("lnpt.cloud.batcher")
@@ -33,17 +41,29 @@ class BatcherStopped(Exception):
 
 @dataclass
 class Pending:
-    images: torch.Tensor  # N x C x H x W, uint8 pixels or float model input
-    future: asyncio.Future
-    enqueued: float = field(default_factory=time.monotonic)
+    request_id: int
+    images: np.ndarray  # N x C x H x W: uint8 pixels or float model input (read-only view of the request)
+    target_dtype: torch.dtype  # float16 or float32 on the wire
+    future: asyncio.Future  # -> Answer
+    enqueued: float = field(default_factory=time.perf_counter)
 
     @property
     def size(self) -> int:
         return int(self.images.shape[0])
 
 
+@dataclass
+class Answer:
+    """A request's encoded targets and when each step of its batch happened (perf_counter seconds)."""
+    response: pb.TargetsResponse
+    samples: int
+    forward_started: float
+    forward_ended: float
+    encoded: float
+
+
 class DynamicBatcher:
-    """`await submit(images)` -> (features, logits) float32, computed in a merged batch."""
+    """`submit_nowait(...)` -> a future of the request's `Answer`, computed in a merged batch."""
 
     def __init__(self, teacher: Teacher, *, max_batch_size: int, max_queue_delay_ms: float,
                  max_queue_requests: int, metrics=None):
@@ -51,109 +71,130 @@ class DynamicBatcher:
         self.max_batch_size = max_batch_size
         self.max_delay = max_queue_delay_ms / 1000.0
         self.max_queue_requests = max_queue_requests
-        self.queue: collections.deque[Pending] = collections.deque()
-        self.wakeup = asyncio.Event()  # set on every new request and on stop
         self.metrics = metrics
-        # One thread: the teacher is one model; a second thread would only contend for the same cores.
-        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="teacher")
-        self.task: asyncio.Task | None = None
-        self.carry: Pending | None = None  # a request that did not fit in the previous batch
+        self.queue: collections.deque[Pending] = collections.deque()
+        self.arrived = threading.Condition()  # guards queue and stopping; notified on every request and on stop
         self.stopping = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        # One thread: the teacher is one model; a second thread would only contend for the same cores.
+        self.worker = threading.Thread(target=self.work, name="lnpt-teacher", daemon=True)
 
     def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self.run(), name="lnpt-batcher")
+        self.loop = asyncio.get_running_loop()
+        self.worker.start()
 
-    def submit_nowait(self, images: torch.Tensor) -> asyncio.Future:
-        """Queue a request; the returned future resolves to (features, logits). Raises QueueFull."""
-        if self.stopping:
-            raise BatcherStopped("the server is shutting down")
-        if len(self.queue) >= self.max_queue_requests:
-            raise QueueFull(f"the server's request queue is full ({self.max_queue_requests} requests waiting); "
-                            "retry later or send fewer requests at once")
-        future = asyncio.get_running_loop().create_future()
-        self.queue.append(Pending(images, future))
-        self.wakeup.set()
+    def submit_nowait(self, request_id: int, images: np.ndarray, target_dtype: torch.dtype) -> asyncio.Future:
+        """Queue a request (on the event loop); the future resolves to its `Answer`. Raises QueueFull."""
+        future = self.loop.create_future()
+        with self.arrived:
+            if self.stopping:
+                raise BatcherStopped("the server is shutting down")
+            if len(self.queue) >= self.max_queue_requests:
+                raise QueueFull(f"the server's request queue is full ({self.max_queue_requests} requests waiting); "
+                                "retry later or send fewer requests at once")
+            self.queue.append(Pending(request_id, images, target_dtype, future))
+            self.arrived.notify()
         return future
 
-    async def run(self) -> None:
-        while True:
-            batch = await self.collect()
-            if not batch:
-                return  # stopped and nothing left
-            await self.compute(batch)
+    # --- the worker thread ---------------------------------------------------------------------
 
-    async def collect(self) -> list[Pending]:
+    def work(self) -> None:
+        while (batch := self.collect()) is not None:
+            live = [p for p in batch if not p.future.done()]  # a cancelled stream no longer waits
+            if live:
+                self.compute(live)
+
+    def collect(self) -> list[Pending] | None:
         """The next batch: wait for a first request, then add more until the batch is full or the
-        first one has waited `max_queue_delay_ms`."""
-        first = self.carry or await self.next_request(None)
-        self.carry = None
-        if first is None:
-            return []
-        batch, samples = [first], first.size
-        deadline = first.enqueued + self.max_delay
-        while samples < self.max_batch_size:
-            item = await self.next_request(deadline)
-            if item is None:
-                break
-            if samples + item.size > self.max_batch_size:
-                self.carry = item  # requests are never split: it opens the next batch
-                break
-            batch.append(item)
-            samples += item.size
-        return batch
+        first one has waited `max_queue_delay_ms`. None once stopped with nothing left."""
+        with self.arrived:
+            while not self.queue:
+                if self.stopping:
+                    return None
+                self.arrived.wait()
+            first = self.queue.popleft()
+            batch, samples = [first], first.size
+            deadline = first.enqueued + self.max_delay
+            while samples < self.max_batch_size:
+                if self.queue:
+                    if samples + self.queue[0].size > self.max_batch_size:
+                        break  # requests are never split: it opens the next batch
+                    item = self.queue.popleft()
+                    batch.append(item)
+                    samples += item.size
+                    continue
+                left = deadline - time.perf_counter()
+                if left <= 0 or self.stopping:
+                    break
+                self.arrived.wait(left)
+            return batch
 
-    async def next_request(self, deadline: float | None) -> Pending | None:
-        """A queued request; None when the deadline passed or the batcher stops with an empty queue."""
-        while not self.queue:
-            if self.stopping:
-                return None
-            timeout = None if deadline is None else deadline - time.monotonic()
-            if timeout is not None and timeout <= 0:
-                return None
-            self.wakeup.clear()
-            try:
-                await asyncio.wait_for(self.wakeup.wait(), timeout)
-            except asyncio.TimeoutError:
-                pass
-        return self.queue.popleft()
-
-    async def compute(self, batch: list[Pending]) -> None:
-        live = [p for p in batch if not p.future.done()]  # a cancelled stream no longer waits
-        if not live:
-            return
-        started = time.monotonic()
-        if self.metrics:
-            for p in live:
-                self.metrics.queue_seconds.observe(started - p.enqueued)
+    def compute(self, batch: list[Pending]) -> None:
+        started = time.perf_counter()
         try:
-            features, logits = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self.forward, [p.images for p in live])
+            features, logits = self.forward([p.images for p in batch])
         except Exception as exc:  # a teacher failure fails this batch, not the server
-            log.exception("teacher forward failed for a batch of %d requests", len(live))
-            for p in live:
-                if not p.future.done():
-                    p.future.set_exception(exc)
+            log.exception("teacher forward failed for a batch of %d requests", len(batch))
+            self.loop.call_soon_threadsafe(fail, batch, exc)
             return
+        computed = time.perf_counter()
+        answers = self.encode(batch, features, logits, started, computed)
+        encoded = time.perf_counter()
+        for answer in answers:
+            answer.encoded = encoded
         if self.metrics:
-            self.metrics.compute_seconds.observe(time.monotonic() - started)
+            for p in batch:
+                self.metrics.queue_seconds.observe(started - p.enqueued)
+            self.metrics.compute_seconds.observe(computed - started)
+            self.metrics.encode_seconds.observe(encoded - computed)
             self.metrics.batch_size.observe(int(features.shape[0]))
-        offset = 0
-        for p in live:
-            if not p.future.done():
-                p.future.set_result((features[offset:offset + p.size], logits[offset:offset + p.size]))
-            offset += p.size
+        self.loop.call_soon_threadsafe(deliver, batch, answers)  # one hop back to the loop per batch
 
-    def forward(self, parts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Runs on the worker thread. uint8 parts are normalised with the teacher's own mean/std so
-        pixel and float requests can share one forward."""
+    def forward(self, parts: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 parts are joined first and normalised once, with the teacher's own mean/std, so pixel
+        and float requests can share one forward."""
+        if all(p.dtype == np.uint8 for p in parts):
+            return self.teacher.targets(torch.from_numpy(np.concatenate(parts)))
         spec = self.teacher.input_spec
-        x = torch.cat([normalize(p, spec) if p.dtype == torch.uint8 else p.float() for p in parts])
-        return self.teacher.targets(x)
+        inputs = [normalize(torch.from_numpy(p.copy()), spec) if p.dtype == np.uint8
+                  else torch.from_numpy(p.astype(np.float32)) for p in parts]
+        return self.teacher.targets(torch.cat(inputs))
+
+    def encode(self, batch: list[Pending], features: torch.Tensor, logits: torch.Tensor,
+               started: float, computed: float) -> list[Answer]:
+        """Each request's rows as a TargetsResponse; each wire dtype converted once for the batch."""
+        converted: dict[torch.dtype, tuple[np.ndarray, np.ndarray]] = {}
+        teacher_id, version = self.teacher.arch, self.teacher.version
+        answers, offset = [], 0
+        for p in batch:
+            if p.target_dtype not in converted:
+                converted[p.target_dtype] = (features.to(p.target_dtype).numpy(), logits.to(p.target_dtype).numpy())
+            f, z = converted[p.target_dtype]
+            rows = slice(offset, offset + p.size)
+            response = pb.TargetsResponse(request_id=p.request_id, features=encode_array(f[rows]),
+                                          logits=encode_array(z[rows]), teacher_id=teacher_id,
+                                          teacher_version=version)
+            answers.append(Answer(response, p.size, started, computed, 0.0))
+            offset += p.size
+        return answers
 
     async def stop(self) -> None:
-        """Take no new requests, finish every queued one, then release the worker thread."""
-        self.stopping = True
-        self.wakeup.set()
-        if self.task is not None:
-            await self.task
-        self.executor.shutdown(wait=True)
+        """Take no new requests, finish every queued one, then end the worker thread."""
+        with self.arrived:
+            self.stopping = True
+            self.arrived.notify_all()
+        if self.worker.is_alive():
+            await asyncio.get_running_loop().run_in_executor(None, self.worker.join)
+
+
+def deliver(batch: list[Pending], answers: list[Answer]) -> None:
+    """On the event loop: wake each waiting stream with its answer."""
+    for p, answer in zip(batch, answers):
+        if not p.future.done():
+            p.future.set_result(answer)
+
+
+def fail(batch: list[Pending], exc: Exception) -> None:
+    for p in batch:
+        if not p.future.done():
+            p.future.set_exception(exc)

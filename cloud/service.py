@@ -14,11 +14,12 @@ import time
 from dataclasses import dataclass
 
 import grpc
+import numpy as np
 import torch
 from google.protobuf import unknown_fields
 
 from lnpt.cloud.batcher import BatcherStopped, DynamicBatcher, QueueFull
-from lnpt.shared.codec import CodecError, decode, dtype_name, encode
+from lnpt.shared.codec import CodecError, decode_view, dtype_name
 from lnpt.shared.config import Config
 from lnpt.shared.protocol import guidance_pb2 as pb
 from lnpt.shared.protocol import guidance_pb2_grpc
@@ -58,7 +59,9 @@ class WriteWatch:
 class Accepted:
     request_id: int
     target_dtype: torch.dtype
-    future: asyncio.Future  # -> (features, logits)
+    future: asyncio.Future  # -> batcher.Answer
+    received: float = 0.0  # perf_counter when the request was read (the profile's stages start here)
+    decoded: float = 0.0  # ... and when it was validated and queued
 
 
 def reject_unknown_fields(message, name: str) -> None:
@@ -69,8 +72,9 @@ def reject_unknown_fields(message, name: str) -> None:
                       f"{PROTOCOL_VERSION} — upgrade the server or drop those fields")
 
 
-def parse_request(request: pb.TargetsRequest, teacher: Teacher, max_request_batch: int) -> tuple[torch.Tensor, torch.dtype]:
-    """Validate a TargetsRequest; returns (images, target dtype) or raises RequestError.
+def parse_request(request: pb.TargetsRequest, teacher: Teacher, max_request_batch: int) -> tuple[np.ndarray, torch.dtype]:
+    """Validate a TargetsRequest; returns (images as a read-only view of its bytes, target dtype)
+    or raises RequestError.
 
     Cheap checks on the header come before decoding, so an oversized batch costs no copy.
     """
@@ -100,10 +104,10 @@ def parse_request(request: pb.TargetsRequest, teacher: Teacher, max_request_batc
                            f"{where}: batch of {shape[0]} images, but this server takes at most "
                            f"{max_request_batch} per request (see GetTeacherInfo.max_batch_size); split it")
     try:
-        tensor = decode(images, require_finite=True, name=f"{where}: images")
+        pixels = decode_view(images, require_finite=True, name=f"{where}: images")  # no copy
     except CodecError as exc:
         raise invalid(str(exc)) from None
-    return tensor, TARGET_DTYPES[target]
+    return pixels, TARGET_DTYPES[target]
 
 
 class GuidanceServicer(guidance_pb2_grpc.GuidanceServicer):
@@ -146,7 +150,10 @@ class GuidanceServicer(guidance_pb2_grpc.GuidanceServicer):
 
     async def GetTeacherInfo(self, request, context):
         await self.refuse_if_unavailable(context)
-        return self.teacher.info(self.config.batcher.max_request_batch, self.config.server.max_message_bytes)
+        info = self.teacher.info(self.config.batcher.max_request_batch, self.config.server.max_message_bytes)
+        info.preferred_batch_size = self.config.batcher.max_batch_size
+        info.max_in_flight = self.config.server.stream_window
+        return info
 
     async def StreamTargets(self, request_iterator, context):
         await self.refuse_if_unavailable(context)
@@ -177,16 +184,14 @@ class GuidanceServicer(guidance_pb2_grpc.GuidanceServicer):
                 if isinstance(item, RequestError):
                     await self.fail(context, item.code, item.message)
                 try:
-                    features, logits = await item.future
+                    answer = await item.future  # encoded on the batcher's thread: nothing left to do here
                 except Exception as exc:  # the teacher failed on this batch
                     await self.fail(context, grpc.StatusCode.INTERNAL, f"teacher forward failed: {exc}")
-                self.metrics.samples.inc(int(features.shape[0]))
+                self.metrics.samples.inc(answer.samples)
                 writes.since = time.monotonic()
-                yield pb.TargetsResponse(
-                    request_id=item.request_id,
-                    features=encode(features.to(item.target_dtype)), logits=encode(logits.to(item.target_dtype)),
-                    teacher_id=self.teacher.arch, teacher_version=self.teacher.version,
-                )
+                written = time.perf_counter()
+                yield answer.response
+                self.metrics.stages.add(item.received, item.decoded, answer, written, time.perf_counter())
                 writes.since = None
         finally:
             reader.cancel()
@@ -236,15 +241,16 @@ class GuidanceServicer(guidance_pb2_grpc.GuidanceServicer):
                 if request is None:
                     await outbox.put(END)
                     return
+                received = time.perf_counter()
                 self.metrics.requests.inc()
                 images, target_dtype = parse_request(request, self.teacher, self.config.batcher.max_request_batch)
                 try:
-                    future = self.batcher.submit_nowait(images)
+                    future = self.batcher.submit_nowait(request.request_id, images, target_dtype)
                 except QueueFull as exc:
                     raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
                 except BatcherStopped:
                     raise RequestError(grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry elsewhere") from None
-                await outbox.put(Accepted(request.request_id, target_dtype, future))
+                await outbox.put(Accepted(request.request_id, target_dtype, future, received, time.perf_counter()))
         except RequestError as exc:
             await outbox.put(exc)
         except Exception as exc:  # e.g. bytes that do not parse as a TargetsRequest

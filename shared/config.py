@@ -110,7 +110,8 @@ class ClientConfig:
     server_name: str = ""  # TLS name override (e.g. when connecting by IP)
     image_wire: str = field(default="uint8", metadata=choice("uint8", "float32"))
     target_wire: str = field(default="float16", metadata=choice("float16", "float32"))
-    prefetch: int = field(default=4, metadata=at_least(1))  # batches in flight ahead of training
+    prefetch: int = field(default=0, metadata=at_least(0))  # batches in flight ahead of training; 0 = sized from round trip and step time
+    max_prefetch: int = field(default=16, metadata=at_least(1))  # most batches in flight when prefetch = 0
     max_attempts: int = field(default=8, metadata=at_least(1))  # reconnect attempts before giving up
     max_wait_seconds: float = field(default=120.0, metadata=at_least(0))  # total backoff budget
     backoff_base_seconds: float = field(default=0.2, metadata=at_least(0))

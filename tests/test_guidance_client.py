@@ -76,15 +76,15 @@ def test_student_mismatch_and_version_mismatch_are_refused(teacher_path, images)
 
 def test_token_errors_fail_fast_without_retrying(teacher_path, images, tmp_path):
     tokens = tmp_path / "tokens"
-    tokens.write_text("right-token\n")
+    tokens.write_text("right-token-0123456789\n")
     slow = RetryPolicy(max_attempts=50, max_wait_seconds=600, base_seconds=5, max_seconds=5)
     with running_server(teacher_path, overrides=[f'server.tokens_file="{tokens}"']) as srv:
-        for token in ("", "wrong-token"):
+        for token in ("", "wrong-token-0123456789"):
             client = GuidanceClient(srv.address, insecure=True, token=token, retry=slow)
             with pytest.raises(GuidanceAuthError, match="UNAUTHENTICATED"):
                 client.targets(images[:4])
             assert client.stats["reconnects"] == 0
-        ok = GuidanceClient(srv.address, insecure=True, token="right-token")
+        ok = GuidanceClient(srv.address, insecure=True, token="right-token-0123456789")
         assert ok.targets(images[:4])[0].shape == (4, 84)
 
 

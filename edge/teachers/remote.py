@@ -1,11 +1,14 @@
 """The edge's connection to the cloud teacher: `GuidanceClient`.
 
-One `StreamTargets` stream stays open while training; `stream(batches)` keeps `prefetch` batches in
-flight ahead of the one being trained, so the network and the teacher work while the student
-computes. Every request carries an id and every answer must echo the id of the oldest unanswered
-request, so a target is never paired with another batch. When the stream drops (UNAVAILABLE, a
-restart, a full queue) the client reconnects with exponential backoff and full jitter and re-sends
-only the batches still unanswered. TLS and authentication failures are not retried: waiting does
+One `StreamTargets` stream stays open while training; `stream(batches)` keeps batches in flight
+ahead of the one being trained, so the network and the teacher work while the student computes:
+`prefetch` of them, or (prefetch 0) as many as the measured round trip and time per step call
+for, within the server's per-stream limit. A batch too large for one message or request (limits
+from GetTeacherInfo) is split into several requests and reassembled in order. Every request
+carries an id and every answer must echo the id of the oldest unanswered request, so a target is
+never paired with another batch. When the stream drops (UNAVAILABLE, a restart, a full queue) the
+client reconnects with exponential backoff and full jitter and re-sends only the requests still
+unanswered. TLS and authentication failures are not retried: waiting does
 not fix a wrong certificate or token.
 
 Several addresses become one gRPC channel with the round_robin policy, so gRPC itself spreads
@@ -14,16 +17,18 @@ streams over replicas and skips ones that are down.
 from __future__ import annotations
 
 import ipaddress
+import math
 import queue
 import random
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import grpc
+import numpy as np
 import torch
 
 from lnpt.shared.errors import LnptError
@@ -31,7 +36,7 @@ from lnpt.shared.protocol import guidance_pb2 as pb
 from lnpt.shared.protocol import guidance_pb2_grpc
 from lnpt.shared.teacher_model import PROTOCOL_VERSION
 from lnpt.edge.teachers.source import TargetSource, TeacherMismatch
-from lnpt.shared.codec import CodecError, decode, encode
+from lnpt.shared.codec import CodecError, decode_view, encode
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED,
              grpc.StatusCode.CANCELLED}
@@ -39,6 +44,7 @@ AUTH_CODES = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED
 # "verification check": a certificate for another host ("Hostname Verification Check failed").
 TLS_MARKERS = ("ssl", "handshake", "certificate", "tsi_", "x509", "verification check")
 INFO_TIMEOUT_SECONDS = 30.0
+MESSAGE_HEADROOM_BYTES = 4096  # a request's fields besides the pixels: id, shape, dtypes, version
 
 
 class GuidanceError(LnptError, RuntimeError):
@@ -198,7 +204,8 @@ class GuidanceClient(TargetSource):
         server_name: str = "",
         image_wire: str = "uint8",
         target_wire: str = "float16",
-        prefetch: int = 4,
+        prefetch: int = 0,
+        max_prefetch: int = 16,
         retry: RetryPolicy | None = None,
         max_message_bytes: int = 64 * 1024 * 1024,
         expected_version: str = "",
@@ -217,11 +224,14 @@ class GuidanceClient(TargetSource):
         self.keepalive_seconds = keepalive_seconds
         self.image_wire = image_wire
         self.target_wire = target_wire
-        self.prefetch = max(1, prefetch)
+        self.prefetch = max(0, prefetch)
+        self.max_prefetch = max(1, max_prefetch)
+        self.max_message_bytes = max_message_bytes
         self.retry = retry or RetryPolicy()
         self.expected_version = expected_version
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self.stats = {"requests": 0, "responses": 0, "resent": 0, "reconnects": 0, "wait_seconds": 0.0}
+        self.stats = {"requests": 0, "responses": 0, "resent": 0, "reconnects": 0, "wait_seconds": 0.0,
+                      "window": 0, "max_in_flight": 0}
         self._info: pb.TeacherInfo | None = None
         self._next_id = 1
         self._id_lock = threading.Lock()
@@ -238,7 +248,7 @@ class GuidanceClient(TargetSource):
         return cls(addresses or client.addresses, insecure=client.insecure, ca_cert=client.ca_cert,
                    client_cert=client.client_cert, client_key=client.client_key, token=token,
                    server_name=client.server_name, image_wire=client.image_wire, target_wire=client.target_wire,
-                   prefetch=client.prefetch, retry=retry, max_message_bytes=client.max_message_bytes,
+                   prefetch=client.prefetch, max_prefetch=client.max_prefetch, retry=retry, max_message_bytes=client.max_message_bytes,
                    expected_version=expected_version, keepalive_seconds=client.keepalive_seconds,
                    allow_insecure_token=client.allow_insecure_token)
 
@@ -301,9 +311,14 @@ class GuidanceClient(TargetSource):
     # --- targets -------------------------------------------------------------------------------
 
     def stream(self, batches: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Targets for each batch, in order, with up to `prefetch` batches requested ahead.
+        """Targets for each batch, in order, with batches requested ahead of the one being trained.
 
-        `batches` is pulled lazily, so the connection opens only when the first batch is there.
+        `batches` is pulled lazily, so the connection opens only when the first batch is there. A
+        batch larger than one message (GetTeacherInfo.max_message_bytes) or than the server's
+        largest request (max_batch_size) travels as several requests and is reassembled in order.
+        The window of requests in flight is `prefetch` batches, or, with prefetch 0, sized from the
+        measured round trip and the time the caller spends between batches; it never exceeds the
+        server's per-stream limit (max_in_flight).
         """
         info = self.info
         image_dtype = pb.DTYPE_UINT8 if (self.image_wire == "uint8" and pb.DTYPE_UINT8 in info.input_dtypes) \
@@ -311,29 +326,41 @@ class GuidanceClient(TargetSource):
         target_dtype = pb.DTYPE_FLOAT16 if (self.target_wire == "float16" and pb.DTYPE_FLOAT16 in
                                             info.target_dtypes) else pb.DTYPE_FLOAT32
         batches = iter(batches)
-        pending: OrderedDict[int, pb.TargetsRequest] = OrderedDict()  # sent, not yet answered
+        window = Window(self.prefetch, self.max_prefetch, int(info.max_in_flight))
+        unsent: deque[pb.TargetsRequest] = deque()  # split off a batch, not yet sent
+        pending: OrderedDict[int, pb.TargetsRequest] = OrderedDict()  # sent, not yet answered, oldest first
+        sent_at: dict[int, float] = {}
+        open_batches: deque[Assembly] = deque()  # asked for, not yet returned to the caller
         backoff = Backoff(self.retry, self.where)
         call: _Call | None = None
         exhausted = False
         try:
             while True:
-                while not exhausted and len(pending) < self.prefetch:
-                    images = next(batches, None)
-                    if images is None:
-                        exhausted = True
-                        break
-                    request = self._request(images, image_dtype, target_dtype)
+                while len(pending) < window.requests(open_batches):
+                    if not unsent:
+                        if exhausted or len(open_batches) >= window.batches:
+                            break
+                        images = next(batches, None)
+                        if images is None:
+                            exhausted = True
+                            break
+                        requests = self._requests(images, image_dtype, target_dtype)
+                        unsent.extend(requests)
+                        open_batches.append(Assembly(len(requests)))
+                        self.stats["requests"] += len(requests)
+                    request = unsent.popleft()
                     pending[request.request_id] = request
-                    self.stats["requests"] += 1
+                    sent_at[request.request_id] = time.perf_counter()
                     if call is None:  # open as soon as there is something to ask (or after a drop)
                         call = self._open(pending)
                     else:
                         call.send(request)
+                self.stats["max_in_flight"] = max(self.stats["max_in_flight"], len(pending))
                 if not pending:
                     return
                 if call is None:
                     call = self._open(pending)
-                if exhausted:
+                if exhausted and not unsent:
                     call.close()
                 started = time.perf_counter()
                 try:
@@ -345,17 +372,26 @@ class GuidanceClient(TargetSource):
                     if isinstance(error, grpc.RpcError):
                         raise_if_fatal(error, self.where)
                     else:
-                        error = GuidanceError(f"stream closed with {len(pending)} batches unanswered")
+                        error = GuidanceError(f"stream closed with {len(pending)} requests unanswered")
                     backoff.failed(error)
                     self.stats["reconnects"] += 1
                     self.stats["resent"] += len(pending)
+                    now = time.perf_counter()
+                    sent_at = {request_id: now for request_id in pending}  # re-sent on the next stream
                     continue
-                self.stats["wait_seconds"] += time.perf_counter() - started
+                answered = time.perf_counter()
+                self.stats["wait_seconds"] += answered - started
                 request_id, request = pending.popitem(last=False)
-                features, logits = self._check_response(response, request_id, request)
+                window.round_trip(answered - sent_at.pop(request_id, answered))
+                open_batches[0].add(self._check_response(response, request_id, request))
                 self.stats["responses"] += 1
                 backoff.reset()
-                yield features, logits
+                if open_batches[0].complete:
+                    targets = open_batches.popleft().targets()
+                    self.stats["window"] = window.batches
+                    handed = time.perf_counter()
+                    yield targets
+                    window.step(time.perf_counter() - handed)
         finally:
             if call is not None:
                 call.cancel()
@@ -367,13 +403,36 @@ class GuidanceClient(TargetSource):
             call.send(request)
         return call
 
-    def _request(self, images: torch.Tensor, image_dtype: int, target_dtype: int) -> pb.TargetsRequest:
+    def rows_per_request(self, image_dtype: int, target_dtype: int) -> int:
+        """The most images one request may carry: the server's largest request, and what fits one
+        message (the smaller of the server's and this client's limit) both ways."""
+        info = self.info
+        c, h, w = (int(d) for d in info.input_shape)
+        image_bytes = c * h * w * (1 if image_dtype == pb.DTYPE_UINT8 else 4)
+        target_bytes = (int(info.feature_dim) + int(info.num_classes)) * (2 if target_dtype == pb.DTYPE_FLOAT16 else 4)
+        limit = min(int(info.max_message_bytes) or self.max_message_bytes, self.max_message_bytes)
+        rows = (limit - MESSAGE_HEADROOM_BYTES) // max(image_bytes, target_bytes)
+        if rows < 1:
+            raise GuidanceError(
+                f"one image of {c} x {h} x {w} is {image_bytes} bytes as {pb.DType.Name(image_dtype)}, more than "
+                f"one message may carry to the teacher at {self.where}: its limit is {limit} bytes "
+                f"(GetTeacherInfo.max_message_bytes {info.max_message_bytes}, client.max_message_bytes "
+                f"{self.max_message_bytes}); send smaller images or raise server.max_message_bytes")
+        return min(rows, int(info.max_batch_size)) if info.max_batch_size else rows
+
+    def _requests(self, images: torch.Tensor, image_dtype: int, target_dtype: int) -> list[pb.TargetsRequest]:
+        """One batch as requests that each fit the server's limits, in order."""
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise GuidanceError(f"images must be a uint8 (N, C, H, W) batch, got {images.dtype} "
                                 f"{tuple(images.shape)}")
+        rows = self.rows_per_request(image_dtype, target_dtype)
+        return [self._request(images[start:start + rows], image_dtype, target_dtype)
+                for start in range(0, len(images), rows)]
+
+    def _request(self, images: torch.Tensor, image_dtype: int, target_dtype: int) -> pb.TargetsRequest:
         if self.info.max_batch_size and len(images) > self.info.max_batch_size:
             raise GuidanceError(f"batch of {len(images)} images, but the teacher at {self.where} takes at "
-                                f"most {self.info.max_batch_size} per request; lower train.batch_size")
+                                f"most {self.info.max_batch_size} per request; split it (stream() does)")
         if image_dtype == pb.DTYPE_FLOAT32:  # the server does not take pixels: send its model input
             norm = self.info.normalization
             mean = torch.tensor(list(norm.mean)).view(1, -1, 1, 1)
@@ -395,9 +454,11 @@ class GuidanceClient(TargetSource):
                                   f"({self.info.teacher_version} -> {response.teacher_version}); "
                                   f"restart training against one teacher version")
         n = request.images.shape[0]
-        try:
-            features = decode(response.features, require_finite=True, name="features").float()
-            logits = decode(response.logits, require_finite=True, name="logits").float()
+        try:  # a view of the received bytes, converted to float32: the one copy
+            features = torch.from_numpy(decode_view(response.features, require_finite=True, name="features")
+                                        .astype(np.float32))
+            logits = torch.from_numpy(decode_view(response.logits, require_finite=True, name="logits")
+                                      .astype(np.float32))
         except CodecError as exc:
             raise GuidanceError(f"teacher at {self.where} sent malformed targets: {exc}") from exc
         if tuple(features.shape) != (n, self.info.feature_dim) or tuple(logits.shape) != (n, self.info.num_classes):
@@ -407,3 +468,64 @@ class GuidanceClient(TargetSource):
 
     def close(self) -> None:
         self.channel.close()
+
+
+class Assembly:
+    """The answers of one batch's requests, joined in order once all have arrived."""
+
+    def __init__(self, parts: int):
+        self.parts = parts
+        self.answers: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    @property
+    def complete(self) -> bool:
+        return len(self.answers) == self.parts
+
+    def add(self, answer: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self.answers.append(answer)
+
+    def targets(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.parts == 1:
+            return self.answers[0]
+        return torch.cat([f for f, _ in self.answers]), torch.cat([z for _, z in self.answers])
+
+
+class Window:
+    """How many batches to keep in flight. Fixed (`prefetch` > 0), or adaptive: enough batches to
+    cover one round trip with the caller's time per batch, ceil(rtt / step) + 1, from smoothed
+    measurements, at most `max_prefetch`. Either way the requests in flight stay within the
+    server's per-stream limit (`server_limit` requests; 0 = none)."""
+
+    SMOOTHING = 0.2
+
+    def __init__(self, prefetch: int, max_prefetch: int, server_limit: int):
+        self.fixed = prefetch
+        self.max_batches = max(1, prefetch or max_prefetch)
+        self.server_limit = server_limit
+        self.batches = prefetch or 2
+        self.rtt: float | None = None
+        self.step_seconds: float | None = None
+
+    def requests(self, open_batches) -> int:
+        """Requests that may be in flight: the window's batches, counted in their requests."""
+        parts = open_batches[0].parts if open_batches else 1
+        wanted = self.batches * parts
+        return min(wanted, self.server_limit) if self.server_limit else wanted
+
+    def round_trip(self, seconds: float) -> None:
+        self.rtt = smooth(self.rtt, seconds, self.SMOOTHING)
+        self.resize()
+
+    def step(self, seconds: float) -> None:
+        self.step_seconds = smooth(self.step_seconds, seconds, self.SMOOTHING)
+        self.resize()
+
+    def resize(self) -> None:
+        if self.fixed or self.rtt is None or self.step_seconds is None:
+            return
+        wanted = math.ceil(self.rtt / max(self.step_seconds, 1e-4)) + 1
+        self.batches = max(1, min(self.max_batches, wanted))
+
+
+def smooth(previous: float | None, value: float, weight: float) -> float:
+    return value if previous is None else previous + weight * (value - previous)

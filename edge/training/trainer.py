@@ -78,8 +78,13 @@ class TrainResult:
     source_stats: dict[str, Any] = field(default_factory=dict)
     data_stats: dict[str, Any] = field(default_factory=dict)  # images found, bad files skipped (ImageSource.stats)
 
+    @property
+    def target_wait_fraction(self) -> float:
+        """Share of the run's time the training loop waited for targets (0 = the teacher never held it up)."""
+        return self.target_wait_seconds / self.seconds if self.seconds > 0 else 0.0
+
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "target_wait_fraction": self.target_wait_fraction}
 
 
 class GuidedTrainer:

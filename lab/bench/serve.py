@@ -3,19 +3,26 @@
 Measured side by side on the same machine:
 - raw: `Teacher.targets` in-process at batch B (and B/4), one torch thread, pinned to core 0, run
   before and after the served settings (the faster of the two counts);
-- served: `lnpt serve` pinned to core 0 (one torch thread), load from 1, 4 and 16 concurrent streams
-  (one connection each, 2 requests in flight per stream) sending uint8 batches of B/4, so the dynamic
-  batcher must merge them; the clients run pinned to core 1;
-- p50/p99 latency per request, and protobuf bytes per sample for uint8 vs float32 images and
-  float16 vs float32 targets.
-The default teacher is an untrained CIFAR ResNet-20 at 32x32 RGB: throughput does not depend on the
-weights. Target: served >= 0.9x raw samples/s with 16 streams (`ratio_16_streams`).
+- served: `lnpt serve` pinned to core 0 (one torch thread), load from 1, 4, 16 and 64 concurrent
+  streams (one connection each) sending uint8 batches of B/4, so the dynamic batcher must merge
+  them; the clients run pinned to core 1. Requests in flight per stream come from GetTeacherInfo
+  unless `--window` is given: enough for two of the server's preferred batches across all streams
+  (one computing, one collecting), at least 2, within the server's per-stream limit;
+- p50/p99 latency per request, the server's resident memory per open stream, and protobuf bytes
+  per sample for uint8 vs float32 images and float16 vs float32 targets;
+- with `--profile`: where a request's time goes, from the server's own counters
+  (lnpt_request_stage_seconds: decode, queue, forward, encode, reply_wait, send) beside the
+  latency the clients measured; `transport_ms` is the rest (gRPC and the socket, both ways).
+The teacher is `--checkpoint`, or an untrained `--model` (default resnet20, 32x32 RGB; lenet5 is
+28x28 grey): throughput does not depend on the weights. Target: served >= 0.9x raw samples/s with
+16 streams (`ratio_16_streams`).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import math
 import os
 import subprocess
 import sys
@@ -27,18 +34,24 @@ from lnpt.shared.cli import add_format_option, emit
 from lnpt.shared.errors import LnptError
 
 SERVER_CORE, CLIENT_CORE = 0, 1
-STREAM_COUNTS = (1, 4, 16)
+STREAM_COUNTS = (1, 4, 16, 64)
+QUEUE_REQUESTS = 4096  # the server's bounded queue, raised so 64 streams with their windows fit it
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
 def register(actions: argparse._SubParsersAction) -> None:
     p = actions.add_parser("serve", help="served vs raw teacher throughput, latency and wire bytes",
                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", metavar="T.pt", help="teacher to benchmark (default: untrained ResNet-20, 32x32 RGB)")
+    p.add_argument("--checkpoint", metavar="T.pt", help="teacher file to benchmark (default: an untrained --model)")
+    p.add_argument("--model", default="resnet20", help="teacher architecture without a checkpoint (default resnet20)")
+    p.add_argument("--input-size", type=int, help="image side without a checkpoint (default 28 for lenet5, else 32)")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="image channels without a checkpoint "
+                   "(default 1 for lenet5, else 3)")
     p.add_argument("--batch", type=int, default=64, help="teacher batch B; clients send B/4 per request (default 64)")
     p.add_argument("--seconds", type=float, default=8.0, help="measured seconds per setting (default 8)")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each setting (default 2)")
-    p.add_argument("--window", type=int, default=2, help="requests in flight per stream (default 2)")
+    p.add_argument("--window", type=int, default=0, help="requests in flight per stream (default 0: from GetTeacherInfo)")
+    p.add_argument("--profile", action="store_true", help="also report where a request's time goes (server stages)")
     add_format_option(p)
     p.set_defaults(handler=run)
 
@@ -54,16 +67,25 @@ def pin(core: int) -> bool:
     return True
 
 
-def default_teacher(folder: Path) -> str:
+def default_teacher(folder: Path, model: str, input_size: int | None, channels: int | None) -> str:
+    """An untrained teacher file of `model` (random weights: throughput does not depend on them)."""
     import torch
 
+    from lnpt.shared.data import FASHION_MNIST_SPEC
     from lnpt.shared.model_file import save_model
     from lnpt.shared.zoo import InputSpec, build_model
 
+    grey = model == "lenet5"
+    channels = channels or (1 if grey else 3)
+    size = input_size or (28 if grey else 32)
+    if channels == 1:
+        mean, std = FASHION_MNIST_SPEC.mean, FASHION_MNIST_SPEC.std
+    else:
+        mean, std = CIFAR_MEAN, CIFAR_STD
     torch.manual_seed(0)
-    spec = InputSpec(3, 32, CIFAR_MEAN, CIFAR_STD)
-    path = folder / "resnet20-untrained.pt"
-    save_model(path, build_model("resnet20", 10, spec), kind="teacher", input_spec=spec,
+    spec = InputSpec(channels, size, mean, std)
+    path = folder / f"{model.replace(':', '_')}-untrained.pt"
+    save_model(path, build_model(model, 10, spec), kind="teacher", input_spec=spec,
                class_names=[f"class {i}" for i in range(10)])
     return str(path)
 
@@ -105,16 +127,87 @@ def single_thread_env() -> dict:
 
 def start_server(checkpoint: str, batch: int, log_path: Path):
     """`lnpt serve` pinned to the server core with one torch thread; returns once health is SERVING."""
-    from lnpt.cloud.process import ServerProcess
+    from lnpt.cloud.process import ServerProcess, free_port
 
     core = SERVER_CORE if SERVER_CORE < (os.cpu_count() or 1) else None
-    return ServerProcess(checkpoint, core=core, log_path=log_path, overrides=[
-        f"batcher.max_batch_size={batch}", f"batcher.max_request_batch={batch}"]).start(timeout=120)
+    return ServerProcess(checkpoint, core=core, log_path=log_path, metrics_port=free_port(), overrides=[
+        f"batcher.max_batch_size={batch}", f"batcher.max_request_batch={batch}",
+        f"batcher.max_queue_requests={QUEUE_REQUESTS}"]).start(timeout=120)
 
 
-async def drive(address: str, streams: int, images, seconds: float, warmup: float, window: int) -> dict:
+def teacher_info(address: str):
+    import grpc
+
+    from lnpt.shared.protocol import guidance_pb2 as pb
+    from lnpt.shared.protocol import guidance_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        return guidance_pb2_grpc.GuidanceStub(channel).GetTeacherInfo(pb.GetTeacherInfoRequest(), timeout=30)
+
+
+def window_for(info, streams: int, request_batch: int) -> int:
+    """Requests in flight per stream that keep the batcher full: two preferred batches across all
+    streams (one computing, one collecting), at least 2, within the per-stream and queue limits."""
+    wanted = max(2, math.ceil(2 * info.preferred_batch_size / (streams * request_batch)))
+    if info.max_in_flight:
+        wanted = min(wanted, int(info.max_in_flight))
+    return max(1, min(wanted, QUEUE_REQUESTS // streams))
+
+
+def scrape(metrics_port: int) -> dict[str, float]:
+    """The server's Prometheus samples, by name and labels."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+    return samples
+
+
+def profile(before: dict, after: dict, client_mean_ms: float) -> dict:
+    """Mean milliseconds per answered request in each server stage, between two scrapes."""
+    from lnpt.cloud.metrics import STAGES
+
+    delta = lambda name: after.get(name, 0.0) - before.get(name, 0.0)  # noqa: E731
+    requests = delta("lnpt_profiled_requests_total")
+    if requests <= 0:
+        return {}
+    out = {f"{stage}_ms": 1000 * delta(f"lnpt_request_stage_seconds_total{{stage={stage}}}") / requests
+           for stage in STAGES}
+    out["server_ms"] = 1000 * delta("lnpt_request_server_seconds_total") / requests
+    out["request_ms"] = client_mean_ms
+    out["transport_ms"] = client_mean_ms - out["server_ms"]
+    batches = delta("lnpt_batch_size_count")
+    if batches > 0:
+        out["mean_batch"] = delta("lnpt_batch_size_sum") / batches
+        out["forward_per_batch_ms"] = 1000 * delta("lnpt_compute_seconds_sum") / batches
+        out["encode_per_batch_ms"] = 1000 * delta("lnpt_encode_seconds_sum") / batches
+    out["profiled_requests"] = requests
+    return out
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process (Linux /proc); 0 where it cannot be read."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+async def drive(address: str, streams: int, images, seconds: float, warmup: float, window: int,
+                server_pid: int | None = None, metrics_port: int | None = None) -> dict:
     """`streams` concurrent streams, each with `window` requests in flight. Throughput counts the
-    answers that arrive inside the measured window; latency, the requests sent and answered in it."""
+    answers that arrive inside the measured window; latency, the requests sent and answered in it.
+    With `metrics_port`, the server's counters are read at both ends of the window (the profile)."""
     import grpc
 
     from lnpt.cloud.server import channel_options
@@ -127,6 +220,8 @@ async def drive(address: str, streams: int, images, seconds: float, warmup: floa
     latencies: list[float] = []
     samples = 0
     per_request = int(images.shape[0])
+    rss_idle = rss_bytes(server_pid) if server_pid else 0
+    rss_open: list[int] = []
 
     async def stream(index: int) -> None:
         nonlocal samples
@@ -161,10 +256,26 @@ async def drive(address: str, streams: int, images, seconds: float, warmup: floa
             while await call.read() is not grpc.aio.EOF:
                 pass
 
-    await asyncio.gather(*(stream(i) for i in range(streams)))
+    async def observe() -> tuple[dict, dict]:
+        await asyncio.sleep(max(0.0, measure_from - loop.time()))
+        before = await loop.run_in_executor(None, scrape, metrics_port) if metrics_port else {}
+        await asyncio.sleep(max(0.0, stop_at - loop.time() - 0.05))
+        if server_pid:  # every stream is open and busy now
+            rss_open.append(rss_bytes(server_pid))
+        after = await loop.run_in_executor(None, scrape, metrics_port) if metrics_port else {}
+        return before, after
+
+    *_, (before, after) = await asyncio.gather(*(stream(i) for i in range(streams)), observe())
     latencies.sort()
-    return {"samples_per_s": samples / seconds, "requests": len(latencies),
-            "p50_ms": 1000 * percentile(latencies, 0.50), "p99_ms": 1000 * percentile(latencies, 0.99)}
+    result = {"samples_per_s": samples / seconds, "requests": len(latencies), "window": window,
+              "p50_ms": 1000 * percentile(latencies, 0.50), "p99_ms": 1000 * percentile(latencies, 0.99),
+              "mean_ms": 1000 * sum(latencies) / len(latencies) if latencies else float("nan")}
+    if server_pid and rss_idle and rss_open:
+        result["server_rss_mb"] = rss_open[0] / 2**20
+        result["rss_per_stream_kb"] = (rss_open[0] - rss_idle) / streams / 1024
+    if metrics_port:
+        result["profile"] = profile(before, after, result["mean_ms"])
+    return result
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -194,7 +305,10 @@ def wire_bytes(shape: tuple[int, ...], per_request: int, feature_dim: int, num_c
             "response_float16": response["float16"], "response_float32": response["float32"]}
 
 
-def benchmark(checkpoint: str | None, batch: int, seconds: float, warmup: float, window: int) -> dict:
+def benchmark(checkpoint: str | None, batch: int, seconds: float, warmup: float, window: int = 0, *,
+              model: str = "resnet20", input_size: int | None = None, channels: int | None = None,
+              with_profile: bool = False) -> dict:
+    """Raw vs served throughput, latency, server memory per stream and wire bytes, side by side."""
     import torch
 
     from lnpt.shared.model_file import load_model
@@ -203,9 +317,9 @@ def benchmark(checkpoint: str | None, batch: int, seconds: float, warmup: float,
     if batch < 4 or batch % 4:
         raise LnptError(f"--batch must be a multiple of 4 (clients send B/4), got {batch}")
     with tempfile.TemporaryDirectory(prefix="lnpt-bench-serve-") as tmp:
-        checkpoint = checkpoint or default_teacher(Path(tmp))
+        checkpoint = checkpoint or default_teacher(Path(tmp), model, input_size, channels)
         record = load_model(checkpoint, kind="teacher")
-        model = record.build(load_weights=False)
+        net = record.build(load_weights=False)
         per_request = batch // 4
         # Raw forward before and after the served runs; the faster one counts (a conservative ratio when
         # other work on the machine slows one of them down).
@@ -217,21 +331,24 @@ def benchmark(checkpoint: str | None, batch: int, seconds: float, warmup: float,
         server = start_server(checkpoint, batch, Path(tmp) / "serve.log")
         served = {}
         try:
+            info = teacher_info(server.address)
             for streams in STREAM_COUNTS:
-                served[str(streams)] = asyncio.run(drive(server.address, streams, images, seconds, warmup, window))
+                served[str(streams)] = asyncio.run(drive(
+                    server.address, streams, images, seconds, warmup, window or window_for(info, streams, per_request),
+                    server_pid=server.process.pid, metrics_port=server.metrics_port if with_profile else None))
         finally:
             server.terminate()
         raw_runs.append(measure_raw(checkpoint, batch, seconds / 2, warmup))
     raw = max(raw_runs, key=lambda run: run["samples_per_s"])
     result = {
         "teacher": record.arch, "input_shape": list(record.input_spec.shape), "batch": batch,
-        "request_batch": per_request, "window": window, "seconds": seconds,
+        "request_batch": per_request, "window": window or "auto", "seconds": seconds,
         "pinned": bool(raw["pinned"] and clients_pinned),
         "raw_samples_per_s": raw["samples_per_s"],
         "raw_runs_samples_per_s": [run["samples_per_s"] for run in raw_runs],
         "raw_small_batch_samples_per_s": raw_small["samples_per_s"],
         "served": served,
-        "wire_bytes_per_sample": wire_bytes(record.input_spec.shape, per_request, model.feature_dim, model.num_classes),
+        "wire_bytes_per_sample": wire_bytes(record.input_spec.shape, per_request, net.feature_dim, net.num_classes),
     }
     for streams in STREAM_COUNTS:
         key = f"ratio_{streams}_stream" + ("s" if streams > 1 else "")
@@ -243,18 +360,25 @@ def table(r: dict) -> str:
     b = r["batch"]
     lines = [
         f"lnpt bench serve: {r['teacher']} {'x'.join(map(str, r['input_shape']))}, teacher batch B={b}, "
-        f"requests of B/4={r['request_batch']}, {r['window']} in flight per stream"
+        f"requests of B/4={r['request_batch']}, in flight per stream: {r['window']}"
         + ("" if r["pinned"] else "  (NOT pinned: fewer than 2 cores)"),
-        f"{'setting':<34}{'samples/s':>11}{'x raw':>8}{'p50 ms':>9}{'p99 ms':>9}",
+        f"{'setting':<34}{'samples/s':>11}{'x raw':>8}{'p50 ms':>9}{'p99 ms':>9}{'server memory':>25}",
         f"{'raw forward, batch ' + str(b):<34}{r['raw_samples_per_s']:>11.1f}{1.0:>8.2f}   (faster of "
         + ", ".join(f"{v:.1f}" for v in r["raw_runs_samples_per_s"]) + ")",
         f"{'raw forward, batch ' + str(r['request_batch']):<34}{r['raw_small_batch_samples_per_s']:>11.1f}"
         f"{r['raw_small_batch_samples_per_s'] / r['raw_samples_per_s']:>8.2f}",
     ]
     for streams, s in r["served"].items():
-        lines.append(f"{'served, ' + streams + ' stream' + ('s' if streams != '1' else ''):<34}"
+        lines.append(f"{'served, ' + streams + ' stream' + ('s' if streams != '1' else '') + ', window ' + str(s['window']):<34}"
                      f"{s['samples_per_s']:>11.1f}{s['samples_per_s'] / r['raw_samples_per_s']:>8.2f}"
-                     f"{s['p50_ms']:>9.1f}{s['p99_ms']:>9.1f}")
+                     f"{s['p50_ms']:>9.1f}{s['p99_ms']:>9.1f}"
+                     + (f"{s['rss_per_stream_kb']:>10.0f} KiB RSS/stream" if "rss_per_stream_kb" in s else ""))
+    for streams, s in r["served"].items():
+        p = s.get("profile")
+        if p:
+            lines.append(f"profile, {streams} stream(s), ms per request: " + ", ".join(
+                f"{key[:-3]} {p[key]:.2f}" for key in p if key.endswith("_ms"))
+                + f"; mean batch {p.get('mean_batch', 0):.1f}, forward/batch {p.get('forward_per_batch_ms', 0):.2f} ms")
     w = r["wire_bytes_per_sample"]
     lines += [
         f"request bytes/sample: uint8 {w['request_uint8']:.0f}, float32 {w['request_float32']:.0f} "
@@ -266,7 +390,8 @@ def table(r: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = benchmark(args.checkpoint, args.batch, args.seconds, args.warmup, args.window)
+    result = benchmark(args.checkpoint, args.batch, args.seconds, args.warmup, args.window, model=args.model,
+                       input_size=args.input_size, channels=args.channels, with_profile=args.profile)
     emit(args, result, table(result))
     return 0
 

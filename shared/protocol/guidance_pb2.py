@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#lnpt/shared/protocol/guidance.proto\x12\x07lnpt.v1\"D\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x1d\n\x05\x64type\x18\x02 \x01(\x0e\x32\x0e.lnpt.v1.DType\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x17\n\x15GetTeacherInfoRequest\"*\n\rNormalization\x12\x0c\n\x04mean\x18\x01 \x03(\x02\x12\x0b\n\x03std\x18\x02 \x03(\x02\"\xfc\x02\n\x0bTeacherInfo\x12\x18\n\x10protocol_version\x18\x01 \x01(\t\x12\x12\n\nteacher_id\x18\x02 \x01(\t\x12\x17\n\x0fteacher_version\x18\x03 \x01(\t\x12\x13\n\x0binput_shape\x18\x04 \x03(\x03\x12#\n\x0binput_dtype\x18\x05 \x01(\x0e\x32\x0e.lnpt.v1.DType\x12-\n\rnormalization\x18\x06 \x01(\x0b\x32\x16.lnpt.v1.Normalization\x12\x13\n\x0b\x66\x65\x61ture_dim\x18\x07 \x01(\x03\x12\x13\n\x0bnum_classes\x18\x08 \x01(\x03\x12\x13\n\x0b\x63lass_names\x18\t \x03(\t\x12\x16\n\x0emax_batch_size\x18\n \x01(\x03\x12\x19\n\x11max_message_bytes\x18\x0b \x01(\x03\x12$\n\x0cinput_dtypes\x18\x0c \x03(\x0e\x32\x0e.lnpt.v1.DType\x12%\n\rtarget_dtypes\x18\r \x03(\x0e\x32\x0e.lnpt.v1.DType\"\x8d\x01\n\x0eTargetsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x1f\n\x06images\x18\x02 \x01(\x0b\x32\x0f.lnpt.v1.Tensor\x12$\n\x0ctarget_dtype\x18\x03 \x01(\x0e\x32\x0e.lnpt.v1.DType\x12 \n\x18\x65xpected_teacher_version\x18\x04 \x01(\t\"\x96\x01\n\x0fTargetsResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12!\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x0f.lnpt.v1.Tensor\x12\x1f\n\x06logits\x18\x03 \x01(\x0b\x32\x0f.lnpt.v1.Tensor\x12\x12\n\nteacher_id\x18\x04 \x01(\t\x12\x17\n\x0fteacher_version\x18\x05 \x01(\t*i\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x44TYPE_UINT8\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03\x12\x11\n\rDTYPE_FLOAT32\x10\x04\x32\x9a\x01\n\x08Guidance\x12\x46\n\x0eGetTeacherInfo\x12\x1e.lnpt.v1.GetTeacherInfoRequest\x1a\x14.lnpt.v1.TeacherInfo\x12\x46\n\rStreamTargets\x12\x17.lnpt.v1.TargetsRequest\x1a\x18.lnpt.v1.TargetsResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#lnpt/shared/protocol/guidance.proto\x12\x07lnpt.v1\"D\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x1d\n\x05\x64type\x18\x02 \x01(\x0e\x32\x0e.lnpt.v1.DType\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x17\n\x15GetTeacherInfoRequest\"*\n\rNormalization\x12\x0c\n\x04mean\x18\x01 \x03(\x02\x12\x0b\n\x03std\x18\x02 \x03(\x02\"\xb1\x03\n\x0bTeacherInfo\x12\x18\n\x10protocol_version\x18\x01 \x01(\t\x12\x12\n\nteacher_id\x18\x02 \x01(\t\x12\x17\n\x0fteacher_version\x18\x03 \x01(\t\x12\x13\n\x0binput_shape\x18\x04 \x03(\x03\x12#\n\x0binput_dtype\x18\x05 \x01(\x0e\x32\x0e.lnpt.v1.DType\x12-\n\rnormalization\x18\x06 \x01(\x0b\x32\x16.lnpt.v1.Normalization\x12\x13\n\x0b\x66\x65\x61ture_dim\x18\x07 \x01(\x03\x12\x13\n\x0bnum_classes\x18\x08 \x01(\x03\x12\x13\n\x0b\x63lass_names\x18\t \x03(\t\x12\x16\n\x0emax_batch_size\x18\n \x01(\x03\x12\x19\n\x11max_message_bytes\x18\x0b \x01(\x03\x12$\n\x0cinput_dtypes\x18\x0c \x03(\x0e\x32\x0e.lnpt.v1.DType\x12%\n\rtarget_dtypes\x18\r \x03(\x0e\x32\x0e.lnpt.v1.DType\x12\x1c\n\x14preferred_batch_size\x18\x0e \x01(\x03\x12\x15\n\rmax_in_flight\x18\x0f \x01(\x03\"\x8d\x01\n\x0eTargetsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x1f\n\x06images\x18\x02 \x01(\x0b\x32\x0f.lnpt.v1.Tensor\x12$\n\x0ctarget_dtype\x18\x03 \x01(\x0e\x32\x0e.lnpt.v1.DType\x12 \n\x18\x65xpected_teacher_version\x18\x04 \x01(\t\"\x96\x01\n\x0fTargetsResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12!\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x0f.lnpt.v1.Tensor\x12\x1f\n\x06logits\x18\x03 \x01(\x0b\x32\x0f.lnpt.v1.Tensor\x12\x12\n\nteacher_id\x18\x04 \x01(\t\x12\x17\n\x0fteacher_version\x18\x05 \x01(\t*i\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x44TYPE_UINT8\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03\x12\x11\n\rDTYPE_FLOAT32\x10\x04\x32\x9a\x01\n\x08Guidance\x12\x46\n\x0eGetTeacherInfo\x12\x1e.lnpt.v1.GetTeacherInfoRequest\x1a\x14.lnpt.v1.TeacherInfo\x12\x46\n\rStreamTargets\x12\x17.lnpt.v1.TargetsRequest\x1a\x18.lnpt.v1.TargetsResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lnpt.shared.protocol.guidance_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=867
-  _globals['_DTYPE']._serialized_end=972
+  _globals['_DTYPE']._serialized_start=920
+  _globals['_DTYPE']._serialized_end=1025
   _globals['_TENSOR']._serialized_start=48
   _globals['_TENSOR']._serialized_end=116
   _globals['_GETTEACHERINFOREQUEST']._serialized_start=118
@@ -40,11 +40,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NORMALIZATION']._serialized_start=143
   _globals['_NORMALIZATION']._serialized_end=185
   _globals['_TEACHERINFO']._serialized_start=188
-  _globals['_TEACHERINFO']._serialized_end=568
-  _globals['_TARGETSREQUEST']._serialized_start=571
-  _globals['_TARGETSREQUEST']._serialized_end=712
-  _globals['_TARGETSRESPONSE']._serialized_start=715
-  _globals['_TARGETSRESPONSE']._serialized_end=865
-  _globals['_GUIDANCE']._serialized_start=975
-  _globals['_GUIDANCE']._serialized_end=1129
+  _globals['_TEACHERINFO']._serialized_end=621
+  _globals['_TARGETSREQUEST']._serialized_start=624
+  _globals['_TARGETSREQUEST']._serialized_end=765
+  _globals['_TARGETSRESPONSE']._serialized_start=768
+  _globals['_TARGETSRESPONSE']._serialized_end=918
+  _globals['_GUIDANCE']._serialized_start=1028
+  _globals['_GUIDANCE']._serialized_end=1182
 # @@protoc_insertion_point(module_scope)

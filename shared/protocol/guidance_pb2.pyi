@@ -43,7 +43,7 @@ class Normalization(_message.Message):
     def __init__(self, mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class TeacherInfo(_message.Message):
-    __slots__ = ("protocol_version", "teacher_id", "teacher_version", "input_shape", "input_dtype", "normalization", "feature_dim", "num_classes", "class_names", "max_batch_size", "max_message_bytes", "input_dtypes", "target_dtypes")
+    __slots__ = ("protocol_version", "teacher_id", "teacher_version", "input_shape", "input_dtype", "normalization", "feature_dim", "num_classes", "class_names", "max_batch_size", "max_message_bytes", "input_dtypes", "target_dtypes", "preferred_batch_size", "max_in_flight")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     TEACHER_ID_FIELD_NUMBER: _ClassVar[int]
     TEACHER_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +57,8 @@ class TeacherInfo(_message.Message):
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     INPUT_DTYPES_FIELD_NUMBER: _ClassVar[int]
     TARGET_DTYPES_FIELD_NUMBER: _ClassVar[int]
+    PREFERRED_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     protocol_version: str
     teacher_id: str
     teacher_version: str
@@ -70,7 +72,9 @@ class TeacherInfo(_message.Message):
     max_message_bytes: int
     input_dtypes: _containers.RepeatedScalarFieldContainer[DType]
     target_dtypes: _containers.RepeatedScalarFieldContainer[DType]
-    def __init__(self, protocol_version: _Optional[str] = ..., teacher_id: _Optional[str] = ..., teacher_version: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., input_dtype: _Optional[_Union[DType, str]] = ..., normalization: _Optional[_Union[Normalization, _Mapping]] = ..., feature_dim: _Optional[int] = ..., num_classes: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., max_batch_size: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., input_dtypes: _Optional[_Iterable[_Union[DType, str]]] = ..., target_dtypes: _Optional[_Iterable[_Union[DType, str]]] = ...) -> None: ...
+    preferred_batch_size: int
+    max_in_flight: int
+    def __init__(self, protocol_version: _Optional[str] = ..., teacher_id: _Optional[str] = ..., teacher_version: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., input_dtype: _Optional[_Union[DType, str]] = ..., normalization: _Optional[_Union[Normalization, _Mapping]] = ..., feature_dim: _Optional[int] = ..., num_classes: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., max_batch_size: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., input_dtypes: _Optional[_Iterable[_Union[DType, str]]] = ..., target_dtypes: _Optional[_Iterable[_Union[DType, str]]] = ..., preferred_batch_size: _Optional[int] = ..., max_in_flight: _Optional[int] = ...) -> None: ...
 
 class TargetsRequest(_message.Message):
     __slots__ = ("request_id", "images", "target_dtype", "expected_teacher_version")
