@@ -441,7 +441,7 @@ def test_healthcheck_speaks_tls_needs_no_token_and_tells_serving_from_not_servin
     check = healthcheck_module()
     pki = generate_test_pki(tmp_path / "pki")
     tokens = tmp_path / "tokens"
-    tokens.write_text("secret-token\n")
+    tokens.write_text("secret-token-0123456789\n")
     with running_server(make_teacher(tmp_path / "T.pt"), tls=pki,
                         overrides=[f"server.tokens_file={json.dumps(str(tokens))}"]) as srv:
         tls = ["--address", srv.tls_address, "--ca-cert", str(pki.ca_cert)]

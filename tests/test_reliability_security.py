@@ -17,7 +17,7 @@ from lnpt.shared.config import load_config
 from lnpt.shared.protocol import guidance_pb2 as pb
 from lnpt.shared.protocol import guidance_pb2_grpc
 
-TOKEN = "rel-s3cret-7f1d"
+TOKEN = "rel-s3cret-7f1d-a04c"
 NO_RETRY = RetryPolicy(max_attempts=2, max_wait_seconds=1, base_seconds=0.01, max_seconds=0.01)
 
 

@@ -10,7 +10,14 @@ Every scenario runs against real `lnpt serve` processes on loopback with the rea
   unknown dtypes, NaN/Inf, oversize) plus raw TCP garbage, with a healthy stream in parallel;
 - faults: a proxy that resets and black-holes the link, the server SIGKILLed and restarted mid-stream;
 - security: plaintext to TLS, wrong CA, expired and wrong-host certificates, missing/wrong token,
-  a token over plaintext.
+  a token over plaintext;
+- connection flood: thousands of idle TCP connections from one address (127.0.0.2); a health check
+  and a new stream from another (127.0.0.1) must succeed within a second meanwhile;
+- oversized-request flood: 12 streams of the largest legal requests (a full float32 batch, and a
+  request padded to the receive limit with a repeated field) beside a healthy client; the server's
+  peak RSS must stay under a stated budget;
+- Watch flood: more grpc.health.v1 Watch streams than server.max_health_watches; the excess is
+  refused, Check and new streams still work.
 `samples_lost` must be 0 and `server_crashes` 0. `--quick` runs every scenario at a tenth of the size.
 """
 from __future__ import annotations
@@ -443,6 +450,163 @@ class TlsServerWithoutProbe:
 
 # --- the run ----------------------------------------------------------------------------------------
 
+def scenario_connection_flood(rep: Report, checkpoint, folder, connections: int) -> None:
+    import grpc
+
+    from lnpt.lab.testing.faults import good_request_bytes, idle_connections, peak_rss_bytes, rss_bytes
+
+    with start_server(checkpoint, folder, "connection_flood") as proc:
+        baseline = rss_bytes(proc.process.pid)
+        per_client = 64  # server.max_connections_per_client's default
+        started = time.monotonic()
+        with idle_connections(proc.port, connections, source="127.0.0.2") as flood:
+            held_off = flood.wait_closed(at_least=connections - per_client, timeout=30)
+            settle_s = time.monotonic() - started
+            health_s, stream_s, errors = [], [], []
+            for _ in range(5):
+                try:
+                    health_s.append(timed_health_check(proc.address))
+                    t = time.monotonic()
+                    with grpc.insecure_channel(proc.address) as channel:
+                        raw = channel.stream_stream(STREAM_METHOD, request_serializer=lambda b: b,
+                                                    response_deserializer=lambda b: b)
+                        list(raw(iter([good_request_bytes(1)]), timeout=5))
+                    stream_s.append(time.monotonic() - t)
+                except grpc.RpcError as error:
+                    errors.append(error.code().name)
+            still_open = flood.open_count()
+        server_held_off = metrics(proc).get("lnpt_connections_held_off_total", 0)
+        peak = peak_rss_bytes(proc.process.pid)
+        rep.check_alive(proc)
+        rep.add_server_errors(proc)
+    rep.bad_inputs_tried += connections
+    rep.scenarios["connection_flood"] = {
+        "idle_connections": connections, "source": "127.0.0.2", "connections_held_off": held_off,
+        "server_connections_held_off": int(server_held_off), "flood_still_open": still_open,
+        "held_off_within_s": round(settle_s, 2),
+        "health_latency_under_flood_ms": round(1000 * max(health_s), 1) if health_s else None,
+        "new_stream_under_flood_ms": round(1000 * max(stream_s), 1) if stream_s else None,
+        "served_within_1s": not errors and max(health_s + stream_s) < 1.0, "errors": errors,
+        "peak_rss_mb": round(peak / MiB, 1), "rss_growth_mb": round((peak - baseline) / MiB, 1),
+    }
+
+
+def timed_health_check(address: str) -> float:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    started = time.monotonic()
+    with grpc.insecure_channel(address) as channel:
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    return time.monotonic() - started
+
+
+def scenario_oversized_flood(rep: Report, checkpoint, folder, local, images, requests_per_stream: int) -> None:
+    import grpc
+
+    from lnpt.lab.testing.faults import peak_rss_bytes, request_bytes, rss_bytes, tensor_bytes
+    from lnpt.edge.teachers.remote import GuidanceClient, RetryPolicy
+
+    streams, inflight = 12, 256 * MiB  # server.max_inflight_bytes's default
+    with start_server(checkpoint, folder, "oversized_flood") as proc, \
+            grpc.insecure_channel(proc.address, options=[("grpc.max_send_message_length", 64 * MiB)]) as probe:
+        limit = GuidanceClient(proc.address, insecure=True).info.max_message_bytes
+        full = request_bytes(1, tensor_bytes([256, 1, 28, 28], 4, bytes(256 * 784 * 4)))
+        # Protobuf merge semantics: a bytes field given twice keeps the last value, so a request padded
+        # with a first, huge `data` is valid, and exactly as large as the receive limit allows.
+        small = bytes(8 * 784)
+        pad = limit - len(request_bytes(1, tensor_bytes([8, 1, 28, 28], 1, small))) - 16
+        padded_tensor = tensor_bytes([8, 1, 28, 28], 1, bytes(pad)) + tensor_bytes([], 0, small)
+        padded = request_bytes(1, padded_tensor)
+        raw = probe.stream_stream(STREAM_METHOD, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        list(raw(iter([full, padded]), timeout=60))  # both legal: answered
+        baseline = rss_bytes(proc.process.pid)
+        stop, codes, answered = threading.Event(), collections.Counter(), [0]
+        healthy_latencies: list[float] = []
+
+        def flooder(i: int) -> None:
+            with grpc.insecure_channel(proc.address, options=[("grpc.max_send_message_length", 64 * MiB)]) as ch:
+                call = ch.stream_stream(STREAM_METHOD, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+                sent = 0
+                while sent < requests_per_stream and not stop.is_set():
+                    batch = [full if (sent + k) % 2 else padded for k in range(8)]
+                    sent += len(batch)
+                    try:
+                        answered[0] += sum(1 for _ in call(iter(batch), timeout=120))
+                        codes["OK"] += 1
+                    except grpc.RpcError as error:
+                        codes[error.code().name] += 1
+
+        def healthy() -> None:
+            client = GuidanceClient(proc.address, insecure=True, prefetch=2,
+                                    retry=RetryPolicy(max_attempts=50, base_seconds=0.05, max_seconds=0.5))
+            try:
+                stream_checked(client, BatchesUntil(stop, images[:8]), local, healthy_latencies)
+            finally:
+                client.close()
+
+        threads = [threading.Thread(target=flooder, args=(i,), daemon=True) for i in range(streams)]
+        watcher = threading.Thread(target=healthy, daemon=True)
+        watcher.start()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(900)
+        stop.set()
+        watcher.join(60)
+        peak = peak_rss_bytes(proc.process.pid)
+        rep.check_alive(proc)
+        rep.add_server_errors(proc)
+    # The stated budget: idle RSS + the in-flight budget + per stream the message gRPC holds, its copy
+    # in Python and the parsed request (3 x the receive limit), + 64 MiB for allocator slack.
+    budget = baseline + inflight + streams * 3 * limit + 64 * MiB
+    rep.bad_inputs_tried += streams * requests_per_stream
+    rep.codes.update({k: v for k, v in codes.items() if k != "OK"})
+    rep.scenarios["oversized_flood"] = {
+        "streams": streams, "requests_per_stream": requests_per_stream, "receive_limit_bytes": limit,
+        "answered": answered[0], "stream_outcomes": dict(codes),
+        "idle_rss_mb": round(baseline / MiB, 1), "peak_rss_mb": round(peak / MiB, 1),
+        "rss_budget_mb": round(budget / MiB, 1), "within_budget": peak <= budget,
+        "healthy_p50_ms": round(1000 * percentile(healthy_latencies, 0.5), 1),
+        "healthy_p99_ms": round(1000 * percentile(healthy_latencies, 0.99), 1),
+    }
+
+
+def scenario_watch_flood(rep: Report, checkpoint, folder, watches: int) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from lnpt.lab.testing.faults import good_request_bytes
+
+    with start_server(checkpoint, folder, "watch_flood") as proc:
+        channels = [grpc.insecure_channel(proc.address) for _ in range(4)]
+        opened, refused = [], 0
+        for i in range(watches):
+            call = health_pb2_grpc.HealthStub(channels[i % 4]).Watch(health_pb2.HealthCheckRequest(service=f"s{i}"),
+                                                                    timeout=120)
+            try:
+                next(call)
+                opened.append(call)
+            except grpc.RpcError as error:
+                refused += error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        server_open = metrics(proc).get("lnpt_health_watches", -1)
+        health_s = timed_health_check(proc.address)
+        with grpc.insecure_channel(proc.address) as channel:
+            raw = channel.stream_stream(STREAM_METHOD, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+            stream_ok = len(list(raw(iter([good_request_bytes(1)]), timeout=10))) == 1
+        for call in opened:
+            call.cancel()
+        for channel in channels:
+            channel.close()
+        rep.check_alive(proc)
+        rep.add_server_errors(proc)
+    rep.bad_inputs_tried += watches
+    rep.scenarios["watch_flood"] = {
+        "watches_tried": watches, "watches_open": int(server_open), "watches_refused": refused,
+        "health_latency_under_flood_ms": round(1000 * health_s, 1), "new_stream_ok": stream_ok,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -471,6 +635,10 @@ def run(args: argparse.Namespace) -> int:
             ("hostile input", lambda: scenario_hostile(rep, checkpoint, folder, local, images, 300 if quick else 3000, args.seed)),
             ("faults", lambda: scenario_faults(rep, checkpoint, folder, local, images, 40 if quick else 100)),
             ("security", lambda: scenario_security(rep, checkpoint, folder)),
+            ("connection flood", lambda: scenario_connection_flood(rep, checkpoint, folder, 500 if quick else 3000)),
+            ("oversized flood", lambda: scenario_oversized_flood(rep, checkpoint, folder, local, images,
+                                                                 16 if quick else 96)),
+            ("watch flood", lambda: scenario_watch_flood(rep, checkpoint, folder, 100 if quick else 300)),
         ]
         from tqdm import tqdm
 
@@ -484,6 +652,9 @@ def run(args: argparse.Namespace) -> int:
         "faults_injected": rep.faults_injected, "faults_survived": rep.faults_survived,
         "bad_inputs_tried": rep.bad_inputs_tried,
         "errors_by_code": dict(sorted(rep.codes.items())), "server_errors_by_code": dict(sorted(rep.server_codes.items())),
+        "connections_held_off": rep.scenarios["connection_flood"]["connections_held_off"],
+        "peak_rss_mb": rep.scenarios["oversized_flood"]["peak_rss_mb"],
+        "health_latency_under_flood_ms": rep.scenarios["connection_flood"]["health_latency_under_flood_ms"],
         **rep.scenarios,
     }
     emit(args, result, summary_text(result))
@@ -507,6 +678,15 @@ def summary_text(r: dict) -> str:
         ("bad inputs tried", f"{r['bad_inputs_tried']} ({hostile['cases']} hostile requests, "
                              f"{hostile['raw_tcp_garbage']} raw TCP, security {r['security']['as_expected']} as expected); "
                              f"undefined status {hostile['undefined_status']}, RSS +{hostile['server_peak_rss_growth_mib']:.0f} MiB"),
+        ("connection flood", f"{r['connection_flood']['connections_held_off']} of {r['connection_flood']['idle_connections']} "
+                             f"idle connections held off in {r['connection_flood']['held_off_within_s']} s; health "
+                             f"{r['connection_flood']['health_latency_under_flood_ms']} ms, new stream "
+                             f"{r['connection_flood']['new_stream_under_flood_ms']} ms meanwhile"),
+        ("oversized flood", f"peak RSS {r['oversized_flood']['peak_rss_mb']} MiB (budget {r['oversized_flood']['rss_budget_mb']}"
+                            f" MiB, idle {r['oversized_flood']['idle_rss_mb']}); healthy p99 "
+                            f"{r['oversized_flood']['healthy_p99_ms']} ms"),
+        ("watch flood", f"{r['watch_flood']['watches_open']} open, {r['watch_flood']['watches_refused']} refused of "
+                        f"{r['watch_flood']['watches_tried']}; health {r['watch_flood']['health_latency_under_flood_ms']} ms"),
         ("samples lost", f"{r['samples_lost']} of {r['samples_sent']}"),
         ("server crashes", str(r["server_crashes"])),
         ("errors by status code", ", ".join(f"{k} {v}" for k, v in r["errors_by_code"].items()) or "none"),
