@@ -42,7 +42,9 @@ SERVE_FLAGS = {"host": "server.host", "port": "server.port", "metrics_port": "se
                "client_ca": "server.client_ca", "tokens_file": "server.tokens_file",
                "log_format": "server.log_format"}
 TEACHER_FLAGS = {"model": "teacher.model", "epochs": "teacher.epochs", "batch_size": "teacher.batch_size",
-                 "lr": "teacher.lr", "root": "data.root"}
+                 "lr": "teacher.lr", "root": "data.root", "data": "data.labeled", "val_data": "data.val",
+                 "val_fraction": "data.val_fraction", "workers": "data.workers"}
+TEACHER_EVAL_FLAGS = {"root": "data.root", "workers": "data.workers"}
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -61,7 +63,7 @@ def register_teacher(sub: argparse._SubParsersAction) -> None:
     actions = teacher.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     train = actions.add_parser(
-        "train", help="train a teacher on Fashion-MNIST with labels",
+        "train", help="train a teacher with labels: Fashion-MNIST, or your own labeled folder or CSV",
         description="Supervised SGD with momentum and a cosine schedule. Also runs under "
                     "`torchrun --standalone --nproc_per_node=N --no-python lnpt teacher train ...` (DistributedDataParallel; "
                     "gloo on CPU, nccl on GPU). Writes a teacher model file atomically.")
@@ -72,17 +74,33 @@ def register_teacher(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--out", required=True, metavar="T.pt", help="teacher model file to write")
     train.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     train.add_argument("--root", help="Fashion-MNIST cache folder (data.root)")
+    add_data_options(train)
+    held_out = train.add_mutually_exclusive_group()
+    held_out.add_argument("--val-data", metavar="DIR|CSV", help="labeled validation images (data.val)")
+    held_out.add_argument("--val-fraction", type=float, metavar="F",
+                          help="hold out a seeded, stratified fraction F of --data for validation (data.val_fraction)")
     add_config_options(train)
     add_format_option(train)
     train.set_defaults(handler=run_teacher_train)
 
-    evaluate = actions.add_parser("eval", help="test accuracy of a teacher on the Fashion-MNIST test set")
+    evaluate = actions.add_parser("eval", help="accuracy of a teacher on Fashion-MNIST's test set or your labeled images")
     evaluate.add_argument("--checkpoint", required=True, metavar="T.pt", help="teacher model file")
     evaluate.add_argument("--batch-size", type=int, default=512, help="evaluation batch size")
     evaluate.add_argument("--limit", type=int, default=0, help="first N test images only (0 = all)")
     evaluate.add_argument("--root", help="Fashion-MNIST cache folder (data.root)")
+    add_data_options(evaluate, "labeled test images: a folder with one sub-folder per class (the teacher's "
+                                "class names) or a .csv of path,label rows (default: Fashion-MNIST's test set)")
+    add_config_options(evaluate)
     add_format_option(evaluate)
     evaluate.set_defaults(handler=run_teacher_eval)
+
+
+def add_data_options(parser: argparse.ArgumentParser, data_help: str = "") -> None:
+    parser.add_argument("--data", metavar="DIR|CSV", help=data_help or (
+        "labeled training images (data.labeled): a folder with one sub-folder per class (sorted names are "
+        "the classes) or a .csv of path,label rows (data.csv_path_column/csv_label_column); "
+        "default: Fashion-MNIST"))
+    parser.add_argument("--workers", type=int, metavar="N", help="image decoding processes (data.workers)")
 
 
 def run_teacher_train(args: argparse.Namespace) -> int:
@@ -94,15 +112,19 @@ def run_teacher_train(args: argparse.Namespace) -> int:
     result = train_teacher(config, args.out, device=args.device, json_lines=args.format == "json")
     if result is None:  # a non-zero rank under torchrun: rank 0 reports
         return 0
+    tested = "no validation set" if result["test_accuracy"] is None else \
+        f"accuracy {result['test_accuracy']:.4f} on {result['evaluated_on']}"
     emit(args, result, f"wrote {result['path']}: {result['arch']} version {result['version']}, "
-                       f"test accuracy {result['test_accuracy']:.4f} after {result['epochs']} epochs")
+                       f"{tested} after {result['epochs']} epochs ({result['data']['bad_files']} bad files skipped)")
     return 0
 
 
 def run_teacher_eval(args: argparse.Namespace) -> int:
+    config = config_from_args(args, flag_overrides(args, TEACHER_EVAL_FLAGS))
     from lnpt.cloud.teacher_training import evaluate_checkpoint
 
-    result = evaluate_checkpoint(args.checkpoint, batch_size=args.batch_size, limit=args.limit, root=args.root)
-    emit(args, result, f"{result['arch']} version {result['version']}: test accuracy "
-                       f"{result['test_accuracy']:.4f} on {result['samples']} images")
+    result = evaluate_checkpoint(args.checkpoint, batch_size=args.batch_size, limit=args.limit,
+                                 root=config.data.root or None, data=args.data, config=config.data)
+    emit(args, result, f"{result['arch']} version {result['version']}: accuracy {result['test_accuracy']:.4f} "
+                       f"on {result['samples']} images of {result['data']} ({result['bad_files']} bad files skipped)")
     return 0

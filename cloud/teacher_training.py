@@ -18,15 +18,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, TensorDataset
+from torch.utils.data import DistributedSampler, RandomSampler
 from tqdm import tqdm
 
 from lnpt.shared.inference import outputs, top1
+from lnpt.cloud.teacher_data import TeacherData, batches_per_epoch, epoch_batches, source_accuracy, teacher_data
 from lnpt.shared.model_file import save_model
 from lnpt.shared.optim import make_optimizer
 from lnpt.shared.config import Config, ConfigError
-from lnpt.shared.data import (FASHION_MNIST_CLASSES, FASHION_MNIST_SPEC, adapt, load_fashion_mnist, normalize,
-                              random_crop_flip)
+from lnpt.shared.data import normalize, random_crop_flip
 from lnpt.shared.teacher_model import Teacher
 from lnpt.shared.zoo import MODEL_NAMES, InputSpec, build_model
 
@@ -34,10 +34,9 @@ log = logging.getLogger("lnpt.cloud.teacher")
 
 
 def teacher_input_spec(config: Config) -> InputSpec:
-    """Fashion-MNIST statistics, repeated per channel when the teacher takes RGB (data.channels=3)."""
-    channels, size = config.data.channels, config.data.size
-    base = FASHION_MNIST_SPEC
-    return InputSpec(channels, size, base.mean * channels, base.std * channels)
+    """The teacher's input spec: shape from [data], mean/std from [data] or the training data
+    (Fashion-MNIST's statistics, repeated per channel when the teacher takes RGB)."""
+    return teacher_data(config).preprocess.input_spec
 
 
 class Distributed:
@@ -83,53 +82,55 @@ def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return top1(outputs(model, images, spec, batch_size)[1], labels)
 
 
-def train_teacher(config: Config, out: str, device: str | None = None, json_lines: bool = False) -> dict[str, Any] | None:
-    """Train `config.teacher.model` and save it to `out`; returns the summary on rank 0, None elsewhere."""
+def train_teacher(config: Config, out: str, device: str | None = None, json_lines: bool = False, *,
+                  data: str | None = None, val_data: str | None = None,
+                  val_fraction: float | None = None) -> dict[str, Any] | None:
+    """Train `config.teacher.model` and save it to `out`; returns the summary on rank 0, None elsewhere.
+
+    Labeled data: `data` (a folder of class sub-folders or a .csv; default data.labeled, empty =
+    Fashion-MNIST), validated on `val_data` (data.val) or a stratified `val_fraction` of it
+    (data.val_fraction); Fashion-MNIST is validated on its test set.
+    """
     tc = config.teacher
     if tc.model not in MODEL_NAMES:
         raise ConfigError(f"teacher.model = {tc.model!r}: choose one of {', '.join(MODEL_NAMES)}")
-    spec = teacher_input_spec(config)
+    sources = teacher_data(config, data, val_data, val_fraction)
+    spec = sources.preprocess.input_spec
     ddp = Distributed(device)
     try:
-        return run_training(config, out, ddp, spec, json_lines)
+        return run_training(config, out, ddp, spec, json_lines, sources)
     finally:
         ddp.close()
 
 
-def run_training(config: Config, out: str, ddp: Distributed, spec: InputSpec, json_lines: bool) -> dict[str, Any] | None:
+def run_training(config: Config, out: str, ddp: Distributed, spec: InputSpec, json_lines: bool,
+                 sources: TeacherData) -> dict[str, Any] | None:
     tc = config.teacher
     torch.manual_seed(tc.seed)  # same initial weights on every rank (DDP also broadcasts them)
-    train_x, train_y = load_fashion_mnist(True, config.data.root or None)
-    test_x, test_y = load_fashion_mnist(False, config.data.root or None)
-    if tc.train_samples:
-        train_x, train_y = train_x[:tc.train_samples], train_y[:tc.train_samples]
-    if tc.test_samples:
-        test_x, test_y = test_x[:tc.test_samples], test_y[:tc.test_samples]
-    train_x = adapt(train_x, spec)
+    train, val, preprocess = sources.train, sources.val, sources.preprocess
 
-    model = build_model(tc.model, len(FASHION_MNIST_CLASSES), spec).to(ddp.device)
+    model = build_model(tc.model, len(sources.classes), spec).to(ddp.device)
     net: torch.nn.Module = model
     if ddp.enabled:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[ddp.device.index] if ddp.device.type == "cuda" else None)
-    dataset = TensorDataset(train_x, train_y)
-    sampler = (DistributedSampler(dataset, ddp.world_size, ddp.rank, shuffle=True, seed=tc.seed) if ddp.enabled
-               else RandomSampler(dataset, generator=torch.Generator().manual_seed(tc.seed)))
-    loader = DataLoader(dataset, batch_size=tc.batch_size, sampler=sampler, drop_last=False)
+    sampler = (DistributedSampler(train, ddp.world_size, ddp.rank, shuffle=True, seed=tc.seed) if ddp.enabled
+               else RandomSampler(train, generator=torch.Generator().manual_seed(tc.seed)))
+    steps_per_epoch = batches_per_epoch(sampler, tc.batch_size)
     optimizer, schedule = make_optimizer(net.parameters(), "sgd", lr=tc.lr, momentum=tc.momentum,
-                                         weight_decay=tc.weight_decay, total_steps=tc.epochs * len(loader))
+                                         weight_decay=tc.weight_decay, total_steps=tc.epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(tc.seed * 1000 + ddp.rank)
     history = []
     started = time.monotonic()
     if ddp.is_main:
-        log.info("training %s on %d images x %d epochs (%d process%s, %s)", tc.model, len(train_x), tc.epochs,
+        log.info("training %s on %d images x %d epochs (%d process%s, %s)", tc.model, len(train), tc.epochs,
                  ddp.world_size, "es" if ddp.world_size > 1 else "", ddp.device)
     for epoch in range(1, tc.epochs + 1):
         if ddp.enabled:
             sampler.set_epoch(epoch)
         net.train()
         loss_sum = correct = seen = 0.0
-        bar = tqdm(loader, desc=f"epoch {epoch}/{tc.epochs}", unit="batch", leave=False,
+        bar = tqdm(epoch_batches(train, sampler, tc.batch_size), total=steps_per_epoch, desc=f"epoch {epoch}/{tc.epochs}", unit="batch", leave=False,
                    disable=not ddp.is_main or not sys.stderr.isatty())
         for images, labels in bar:
             if tc.augment:
@@ -151,14 +152,16 @@ def run_training(config: Config, out: str, ddp: Distributed, spec: InputSpec, js
         record = {"epoch": epoch, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
                   "lr": schedule.get_last_lr()[0], "seconds": round(time.monotonic() - started, 2)}
         if ddp.is_main:
-            record["test_accuracy"] = accuracy(model, test_x, test_y, spec)
+            record["test_accuracy"] = source_accuracy(model, val, preprocess) if val is not None else None
             history.append(record)
             report_epoch(record, tc.epochs, json_lines)
     if not ddp.is_main:
         dist.barrier()  # wait until rank 0 has written the file
         return None
-    saved = save_model(out, model.cpu(), kind="teacher", input_spec=spec, class_names=list(FASHION_MNIST_CLASSES),
-                       extra={"dataset": tc.dataset, "train_samples": len(train_x), "epochs": tc.epochs,
+    saved = save_model(out, model.cpu(), kind="teacher", input_spec=spec, class_names=sources.classes,
+                       preprocess=preprocess,
+                       extra={"dataset": sources.name, "train_samples": len(train),
+                              "evaluated_on": val.name_ if val is not None else None, "epochs": tc.epochs,
                               "world_size": ddp.world_size, "test_accuracy": history[-1]["test_accuracy"],
                               "recipe": {"optimizer": "sgd", "lr": tc.lr, "momentum": tc.momentum,
                                          "weight_decay": tc.weight_decay, "batch_size": tc.batch_size,
@@ -166,8 +169,10 @@ def run_training(config: Config, out: str, ddp: Distributed, spec: InputSpec, js
     if ddp.enabled:
         dist.barrier()
     return {"path": str(out), "arch": saved.arch, "version": saved.version, "epochs": tc.epochs,
-            "world_size": ddp.world_size, "train_samples": len(train_x),
-            "test_accuracy": history[-1]["test_accuracy"], "history": history}
+            "world_size": ddp.world_size, "train_samples": len(train), "classes": sources.classes,
+            "test_accuracy": history[-1]["test_accuracy"], "evaluated_on": val.name_ if val is not None else None,
+            "preprocess": preprocess.to_dict(), "data": train.stats(),
+            "val_data": val.stats() if val is not None else None, "history": history}
 
 
 def report_epoch(record: dict[str, Any], epochs: int, json_lines: bool) -> None:
@@ -175,19 +180,27 @@ def report_epoch(record: dict[str, Any], epochs: int, json_lines: bool) -> None:
     if json_lines:
         print(json.dumps({"event": "epoch", **record}), file=sys.stderr, flush=True)
     else:
+        tested = "" if record["test_accuracy"] is None else f", test accuracy {record['test_accuracy']:.4f}"
         print(f"epoch {record['epoch']}/{epochs}: loss {record['train_loss']:.4f}, train accuracy "
-              f"{record['train_accuracy']:.4f}, test accuracy {record['test_accuracy']:.4f}, "
+              f"{record['train_accuracy']:.4f}{tested}, "
               f"lr {record['lr']:.4g} ({record['seconds']:.0f} s)", file=sys.stderr, flush=True)
 
 
 def evaluate_checkpoint(path: str, batch_size: int = 512, limit: int = 0, root: str | None = None,
-                        device: str = "cpu") -> dict[str, Any]:
-    """Test accuracy of a teacher model file on Fashion-MNIST (validated on load)."""
-    teacher = Teacher.load(path, device)
-    images, labels = load_fashion_mnist(False, root)
-    if limit:
-        images, labels = images[:limit], labels[:limit]
-    acc = accuracy(teacher.model, images, labels, teacher.input_spec, batch_size)
-    return {"path": str(path), "arch": teacher.arch, "version": teacher.version, "samples": len(images),
-            "test_accuracy": acc}
+                        device: str = "cpu", data: str | None = None, config=None) -> dict[str, Any]:
+    """Accuracy of a teacher model file (validated on load) on Fashion-MNIST's test set, or on `data`:
+    a labeled folder or .csv whose classes are the teacher's, read with the teacher's own preprocessing
+    (`config` = the [data] section for workers, bad-file policy and CSV columns)."""
+    from lnpt.shared import labeled
 
+    teacher = Teacher.load(path, device)
+    preprocess = teacher.record.preprocess
+    if data:
+        source = labeled.open_labeled(data, preprocess, config).relabeled(teacher.record.class_names)
+        if limit and limit < len(source):
+            source = source.subset(range(limit), source.name_)
+    else:
+        source = labeled.fashion_mnist(False, preprocess, root, limit).relabeled(teacher.record.class_names)
+    acc = source_accuracy(teacher.model, source, preprocess, batch_size)
+    return {"path": str(path), "arch": teacher.arch, "version": teacher.version, "data": source.name_,
+            "samples": len(source) - source.report.count, "test_accuracy": acc, **source.report.to_dict()}

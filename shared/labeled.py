@@ -98,7 +98,7 @@ class LabeledImages(Dataset):
         by_name = {safe_name(n): i for i, n in enumerate(class_names)} | {n: i for i, n in enumerate(class_names)}
         mapping = []
         for name in self.classes:
-            label = by_name.get(name)
+            label = by_name.get(name, by_name.get(safe_name(name)))
             if label is None and name.isdigit() and int(name) < len(class_names):
                 label = int(name)
             if label is None:
@@ -175,8 +175,9 @@ def csv_file(path: str | os.PathLike, preprocess: Preprocess, path_column: str =
 
 def in_memory(name: str, images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str],
               preprocess: Preprocess) -> LabeledImages:
-    """uint8 (N, C, H, W) images already in memory (Fashion-MNIST), shaped per batch by `preprocess`."""
-    return LabeledImages(name, None, None, images, labels.numpy(), classes, preprocess, check=False)
+    """uint8 (N, C, H, W) images already in memory (Fashion-MNIST), shaped once by `preprocess`."""
+    shaped = torch.cat([preprocess.apply(chunk) for chunk in images.split(4096)]) if len(images) else images
+    return LabeledImages(name, None, None, shaped, labels.numpy(), classes, preprocess, check=False)
 
 
 def fashion_mnist(train: bool, preprocess: Preprocess, root: str | None = None, limit: int = 0) -> LabeledImages:

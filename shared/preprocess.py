@@ -64,6 +64,14 @@ class Preprocess:
         return cls.for_spec(spec, data.resize, data.fit, data.interpolation)
 
     @property
+    def input_spec(self):
+        """The model's InputSpec (shape and normalisation) that this preprocessing feeds."""
+        from lnpt.shared.models import InputSpec
+
+        size = self.height if self.height == self.width else (self.height, self.width)
+        return InputSpec(self.channels, size, self.mean, self.std)
+
+    @property
     def channel_mode(self) -> str:
         return "grey" if self.channels == 1 else "rgb"
 
