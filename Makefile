@@ -8,7 +8,7 @@ STAMP := $(VENV)/.lnpt-installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PYTEST_ARGS ?=
 
-.PHONY: install data test test-wheel demo protos lock bench clean
+.PHONY: install data test test-wheel demo protos lock bench clean deploy-verify
 
 install: $(STAMP)
 
@@ -49,6 +49,11 @@ lock: install
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	( echo '# Exact dependency set for `make` (pip install -r requirements.lock). Refresh with `make lock`.'; \
 	  $(BIN)/python -m pip freeze --all --exclude-editable | grep -vE '^(lnpt|pip)[= ]' ) > requirements.lock
+
+# Build the container images and run them for real with podman (root; several GB; not part of
+# `make test`). See deploy/README.md, "Verify".
+deploy-verify: install data
+	LNPT_PYTHON=$(abspath $(BIN))/python deploy/verify.sh
 
 bench: install data
 	$(BIN)/lnpt bench serve
