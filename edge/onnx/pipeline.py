@@ -64,14 +64,13 @@ def sidecar_path(out: Path) -> Path:
 
 
 def real_images(spec, folder: str, count: int, data_root: str, train: bool):
-    """uint8 images shaped for `spec`: from `folder` when given, else Fashion-MNIST (pixels only)."""
+    """uint8 images shaped for `spec` (an InputSpec or the model's Preprocess): from `folder` when
+    given (bad files skipped), else Fashion-MNIST (pixels only)."""
     from lnpt.shared.data import UnlabeledImageFolder, adapt, load_fashion_mnist
 
     if folder:
         dataset = UnlabeledImageFolder(folder, spec)
-        import torch
-
-        return torch.stack([dataset[i] for i in range(min(count, len(dataset)))])
+        return dataset.take(range(min(count, len(dataset))))
     images, _ = load_fashion_mnist(train=train, root=data_root or None)
     return adapt(images[:count], spec)
 
@@ -124,7 +123,7 @@ def export_student(student: str | Path, out: str | Path, options: ExportOptions,
     model, record = load_student(student)
     model.eval()
     spec = record.input_spec
-    pixels = real_images(spec, options.samples, options.verify_samples, options.data_root, train=False)
+    pixels = real_images(record.preprocess, options.samples, options.verify_samples, options.data_root, train=False)
     reference = reference_outputs(model, normalize(pixels, spec))
     if options.logits_only:
         reference.outputs.pop("features")
@@ -144,7 +143,7 @@ def export_student(student: str | Path, out: str | Path, options: ExportOptions,
         stage("quantize " + options.quantize)
         calibration = None
         if options.quantize == "int8-static":
-            calib_pixels = real_images(spec, options.calibration, options.calibration_samples, options.data_root, train=True)
+            calib_pixels = real_images(record.preprocess, options.calibration, options.calibration_samples, options.data_root, train=True)
             calibration = normalize(calib_pixels, spec).numpy()
         artifact = quant.quantize(proto, options.quantize, calibration)
         artifact_bytes = serialize(artifact)
@@ -169,7 +168,7 @@ def export_student(student: str | Path, out: str | Path, options: ExportOptions,
         "teacher_version": record.extra.get("teacher_version", ""), "structured": bool(record.extra.get("structured")),
         "output": str(out), "sidecar": str(sidecar_path(out)), "ort_file": None,
         "storage": options.storage, "quantize": options.quantize, "opset": options.opset, "ir_version": artifact.ir_version,
-        "input": input_description(spec),
+        "input": input_description(spec, record.preprocess),
         "outputs": {name: ["batch", model.feature_dim if name == "features" else model.num_classes]
                     for name in output_names(options.logits_only)},
         "class_names": list(record.class_names),
@@ -266,20 +265,25 @@ def fashion_mnist_accuracy(model, record, artifact_bytes: bytes, options: Export
                           f"this one has classes {record.class_names[:5]}...")
     images, labels = load_fashion_mnist(train=False, root=options.data_root or None)
     count = options.eval_fashion_mnist
-    images, labels = normalize(adapt(images[:count], record.input_spec), record.input_spec), labels[:count].numpy()
+    images, labels = normalize(adapt(images[:count], record.preprocess), record.input_spec), labels[:count].numpy()
     with torch.inference_mode():
         torch_accuracy = float((model(images).argmax(1).numpy() == labels).mean())
     return {"samples": len(labels), "torch": torch_accuracy,
             "onnx": accuracy(session(artifact_bytes, options.threads), images.numpy(), labels)}
 
 
-def input_description(spec) -> dict:
+def input_description(spec, preprocess=None) -> dict:
+    """What the app feeds the graph; `preprocess` (lnpt.shared.preprocess) says how to get there from
+    a camera image: channel mode, resize, crop or pad, interpolation, mean/std."""
+    from lnpt.shared.preprocess import Preprocess
+
     return {
         "name": INPUT_NAME, "dtype": "float32", "shape": ["batch", *spec.shape], "layout": "NCHW",
         "color": "grey" if spec.channels == 1 else "RGB",
         "normalisation": {"mean": list(spec.mean), "std": list(spec.std),
                           "formula": "images = (pixels / 255 - mean[c]) / std[c], pixels uint8 in [0, 255]; "
                                      "the app applies it, the graph does not"},
+        "preprocess": (preprocess or Preprocess.for_spec(spec)).to_dict(),
     }
 
 
