@@ -32,9 +32,8 @@ from lnpt.cloud.metrics import ServerMetrics
 from lnpt.cloud.security import TokenAuthInterceptor, load_tokens, server_credentials
 from lnpt.cloud.service import GuidanceServicer, add_to_server, max_request_bytes, peer_host
 from lnpt.shared.config import Config, ConfigError
-from lnpt.shared.model_file import load_model
 from lnpt.shared.protocol import guidance_pb2 as pb
-from lnpt.shared.teacher_model import Teacher
+from lnpt.shared.teacher_model import Teacher, read_teacher
 
 log = logging.getLogger("lnpt.cloud.server")
 
@@ -155,7 +154,8 @@ class GuidanceServer:
                         "can read and reuse them; serve with TLS (server.cert, server.key) outside a test setup")
         if self.teacher is None:
             log.info("reading teacher %s", self.checkpoint)
-            self.record = await asyncio.get_running_loop().run_in_executor(None, load_model, self.checkpoint, "teacher")
+            self.record = await asyncio.get_running_loop().run_in_executor(None, read_teacher, self.checkpoint,
+                                                                           self.config.teacher)
         spec = self.record.input_spec if self.teacher is None else self.teacher.input_spec
         needed = max_request_bytes(spec, self.config.batcher.max_request_batch)
         self.max_message_bytes = cfg.max_message_bytes or needed

@@ -25,10 +25,10 @@ from lnpt.shared.inference import outputs, top1
 from lnpt.cloud.teacher_data import TeacherData, batches_per_epoch, epoch_batches, source_accuracy, teacher_data
 from lnpt.shared.model_file import save_model
 from lnpt.shared.optim import make_optimizer
-from lnpt.shared.config import Config, ConfigError
+from lnpt.shared.config import Config
 from lnpt.shared.data import normalize, random_crop_flip
 from lnpt.shared.teacher_model import Teacher
-from lnpt.shared.zoo import MODEL_NAMES, InputSpec, build_model
+from lnpt.shared.models import InputSpec, ModelSpec, build_model
 
 log = logging.getLogger("lnpt.cloud.teacher")
 
@@ -92,8 +92,7 @@ def train_teacher(config: Config, out: str, device: str | None = None, json_line
     (data.val_fraction); Fashion-MNIST is validated on its test set.
     """
     tc = config.teacher
-    if tc.model not in MODEL_NAMES:
-        raise ConfigError(f"teacher.model = {tc.model!r}: choose one of {', '.join(MODEL_NAMES)}")
+    ModelSpec.parse(tc.model)  # a malformed spec fails before any process group starts
     sources = teacher_data(config, data, val_data, val_fraction)
     spec = sources.preprocess.input_spec
     ddp = Distributed(device)
@@ -109,7 +108,8 @@ def run_training(config: Config, out: str, ddp: Distributed, spec: InputSpec, js
     torch.manual_seed(tc.seed)  # same initial weights on every rank (DDP also broadcasts them)
     train, val, preprocess = sources.train, sources.val, sources.preprocess
 
-    model = build_model(tc.model, len(sources.classes), spec).to(ddp.device)
+    model = build_model(tc.model, len(sources.classes), spec, weights=tc.weights or None,
+                        feature_node=tc.feature_node).to(ddp.device)
     net: torch.nn.Module = model
     if ddp.enabled:
         net = torch.nn.parallel.DistributedDataParallel(

@@ -84,8 +84,14 @@ class BatcherConfig:
 
 @dataclass
 class TeacherConfig:
-    """[teacher] supervised training of the mature teacher (`lnpt teacher train`)."""
-    model: str = "resnet20"
+    """[teacher] the mature teacher: its training (`lnpt teacher train`) and how an ONNX teacher is served."""
+    model: str = "resnet20"  # model spec: zoo name, torchvision:NAME[:WEIGHTS] or package.module:factory
+    weights: str = ""  # state dict or checkpoint file to start training from; empty = the spec's (or random)
+    feature_node: str = ""  # module whose output are the features; empty = input of the final Linear
+    onnx_features_output: str = "features"  # ONNX teacher: output (or node output) holding the features
+    onnx_logits_output: str = "logits"  # ONNX teacher: output (or node output) holding the logits
+    onnx_mean: list[float] = field(default_factory=list)  # ONNX teacher without a sidecar: input mean per channel
+    onnx_std: list[float] = field(default_factory=list)  # ONNX teacher without a sidecar: input std per channel
     dataset: str = field(default="fashion-mnist", metadata=choice("fashion-mnist"))
     epochs: int = field(default=10, metadata=at_least(1))
     batch_size: int = field(default=128, metadata=at_least(1))
@@ -96,6 +102,17 @@ class TeacherConfig:
     test_samples: int = field(default=0, metadata=at_least(0))  # per-epoch evaluation; 0 = the whole test set
     augment: bool = True  # random crop (padding 2) and horizontal flip
     seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """[model] the student's network (`lnpt prune`); specs, weights and feature nodes: docs/MODELS.md."""
+    spec: str = ""  # zoo name, torchvision:NAME[:WEIGHTS] or package.module:factory; empty = the teacher's
+    num_classes: int = field(default=0, metadata=at_least(0))  # 0 = the teacher's
+    input_size: str = ""  # side (96) or HEIGHTxWIDTH (96x128); empty = the teacher's
+    channels: int = field(default=0, metadata=choice(0, 1, 3))  # type: ignore[arg-type]  # 0 = the teacher's
+    weights: str = ""  # state dict or checkpoint file to start from (torch.load weights_only)
+    feature_node: str = ""  # module whose output are the features; empty = input of the final Linear
 
 
 @dataclass
@@ -223,6 +240,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     batcher: BatcherConfig = field(default_factory=BatcherConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)

@@ -325,10 +325,10 @@ def build_model(spec: str | ModelSpec, num_classes: int = 10, input_spec: InputS
     model = net if isinstance(net, Classifier) else Network(net)
     if not isinstance(net, Classifier):
         notes += match_channels(net, input_spec.channels)
-    if weights:
-        notes += load_weights(model, weights)
     model.spec, model.feature_node = str(parsed), feature_node
     model.head_name = find_head(model, input_spec)
+    if weights:
+        notes += load_weights(model, weights)
     if model.head is not None and model.head.out_features != num_classes:
         notes.append(reheaded(model, num_classes))
     model.feature_dim, model.num_classes = probe_widths(model, input_spec)
@@ -393,19 +393,26 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def load_weights(model: Classifier, path: str | os.PathLike) -> list[str]:
-    """Load a weights file into `model` (names with or without the `net.` prefix); a final layer of
-    another shape is left for re-heading, every other mismatch fails with the names."""
+    """Load a weights file into `model` (names with or without the `net.` prefix). A final Linear of
+    another class count keeps its fresh initialisation (re-headed, said in the notes); every other
+    mismatch fails with the names."""
     state = read_state_dict(path)
-    target = model.net if isinstance(model, Network) and not any(k.startswith("net.") for k in state) else model
+    prefixed = any(k.startswith("net.") for k in state)
+    target, prefix = (model.net, "net.") if isinstance(model, Network) and not prefixed else (model, "")
     own = target.state_dict()
     skipped = sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)
+    head = model.head_name.removeprefix(prefix)
     result = target.load_state_dict({k: v for k, v in state.items() if k not in skipped}, strict=False)
     missing = [k for k in result.missing_keys if k not in skipped]
-    if result.unexpected_keys or missing or len(skipped) > 2:
-        raise ModelError(f"--weights {path} does not fit {model.spec or type(target).__name__}: "
-                         f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}, "
-                         f"other shapes {skipped[:5]}")
-    return [f"loaded weights from {path}" + (f" except {', '.join(skipped)} (other shape)" if skipped else "")]
+    if result.unexpected_keys or missing or any(k.rpartition(".")[0] != head for k in skipped):
+        raise ModelError(f"--weights {path} does not fit {model.spec}: missing {missing[:5]}, "
+                         f"unexpected {result.unexpected_keys[:5]}, other shapes {skipped[:5]}")
+    notes = [f"loaded weights from {path}"]
+    if skipped:
+        classes = state[f"{head}.weight"].shape[0]
+        notes.append(f"re-headed: the final Linear {model.head_name.removeprefix(model.network_prefix)} is new, with {model.head.out_features} classes "
+                     f"(the weights file's has {classes}); train it before use")
+    return notes
 
 
 def example_input(input_spec: InputSpec, batch: int = 2) -> torch.Tensor:
