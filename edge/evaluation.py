@@ -14,33 +14,27 @@ import torch
 
 from lnpt.edge.student import Student, sparsity
 from lnpt.edge.teachers import TargetSource, opened_teacher
-from lnpt.shared.config import Config
-from lnpt.shared.data import DataError, UnlabeledImageFolder, adapt, load_fashion_mnist, safe_name
+from lnpt.shared.config import Config, DataConfig
+from lnpt.shared.data import adapt, as_preprocess, load_fashion_mnist
+from lnpt.shared.labeled import open_labeled
+from lnpt.shared.preprocess import Preprocess
 from lnpt.shared.inference import outputs, top1
 from lnpt.shared.objectives import learning_gap
 from lnpt.shared.zoo import InputSpec, ZooNet
 
 
-def labeled_folder(root: str | Path, spec: InputSpec, class_names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images and labels from `root/<class>/...`; a folder name is a class name (as written by
-    `lnpt data write-folder --class-folders`) or a class index."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"test folder {root} does not exist")
-    by_name = {safe_name(name): i for i, name in enumerate(class_names)} | {name: i for i, name in enumerate(class_names)}
+def labeled_folder(root: str | Path, spec: InputSpec | Preprocess, class_names: Sequence[str],
+                   data: DataConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images and labels (in the model's class order) of a labeled folder — one sub-folder per
+    class, named as the class (as `lnpt data write-folder --class-folders` writes it) or its index —
+    or of a .csv of path,label rows. Images are shaped by `spec` (pass the model's recorded
+    Preprocess to evaluate exactly as exported); `data` = the [data] section (workers, on_bad_file,
+    max_pixels, CSV columns); bad files are skipped and counted, or stop the run, by its policy."""
+    source = open_labeled(root, as_preprocess(spec), data).relabeled(class_names)
     images, labels = [], []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        label = by_name.get(folder.name)
-        if label is None and folder.name.isdigit() and int(folder.name) < len(class_names):
-            label = int(folder.name)
-        if label is None:
-            raise DataError(f"{folder}: folder name is not one of the student's classes "
-                            f"({', '.join(class_names)}) nor a class index")
-        batch = UnlabeledImageFolder(folder, spec).load_all()
+    for _, batch, batch_labels in source.in_order():
         images.append(batch)
-        labels.append(torch.full((len(batch),), label, dtype=torch.long))
-    if not images:
-        raise DataError(f"{root} has no class sub-folders; accuracy needs <root>/<class name>/<images>")
+        labels.append(batch_labels)
     return torch.cat(images), torch.cat(labels)
 
 
