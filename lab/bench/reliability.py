@@ -521,7 +521,7 @@ def scenario_oversized_flood(rep: Report, checkpoint, folder, local, images, req
         raw = probe.stream_stream(STREAM_METHOD, request_serializer=lambda b: b, response_deserializer=lambda b: b)
         list(raw(iter([full, padded]), timeout=60))  # both legal: answered
         baseline = rss_bytes(proc.process.pid)
-        stop, codes, answered = threading.Event(), collections.Counter(), [0]
+        stop, codes, answered, counting = threading.Event(), collections.Counter(), [0], threading.Lock()
         healthy_latencies: list[float] = []
 
         def flooder(i: int) -> None:
@@ -532,10 +532,12 @@ def scenario_oversized_flood(rep: Report, checkpoint, folder, local, images, req
                     batch = [full if (sent + k) % 2 else padded for k in range(8)]
                     sent += len(batch)
                     try:
-                        answered[0] += sum(1 for _ in call(iter(batch), timeout=120))
-                        codes["OK"] += 1
+                        n, code = sum(1 for _ in call(iter(batch), timeout=120)), "OK"
                     except grpc.RpcError as error:
-                        codes[error.code().name] += 1
+                        n, code = 0, error.code().name
+                    with counting:
+                        answered[0] += n
+                        codes[code] += 1
 
         def healthy() -> None:
             client = GuidanceClient(proc.address, insecure=True, prefetch=2,
