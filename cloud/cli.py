@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from lnpt.shared.cli import add_config_options, add_format_option, config_from_args, emit, flag_overrides
+from lnpt.shared.cli import add_config_options, add_format_option, config_from_args, emit
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,7 +48,7 @@ TEACHER_EVAL_FLAGS = {"root": "data.root", "workers": "data.workers"}
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    config = config_from_args(args, flag_overrides(args, SERVE_FLAGS))
+    config = config_from_args(args, SERVE_FLAGS)
     from lnpt.cloud.logs import route_native_stderr, setup_logging
     from lnpt.cloud.server import serve
 
@@ -104,7 +104,7 @@ def add_data_options(parser: argparse.ArgumentParser, data_help: str = "") -> No
 
 
 def run_teacher_train(args: argparse.Namespace) -> int:
-    config = config_from_args(args, flag_overrides(args, TEACHER_FLAGS))
+    config = config_from_args(args, TEACHER_FLAGS)
     from lnpt.cloud.logs import setup_logging
     from lnpt.cloud.teacher_training import train_teacher
 
@@ -120,7 +120,7 @@ def run_teacher_train(args: argparse.Namespace) -> int:
 
 
 def run_teacher_eval(args: argparse.Namespace) -> int:
-    config = config_from_args(args, flag_overrides(args, TEACHER_EVAL_FLAGS))
+    config = config_from_args(args, TEACHER_EVAL_FLAGS)
     from lnpt.cloud.teacher_training import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.checkpoint, batch_size=args.batch_size, limit=args.limit,

@@ -7,10 +7,11 @@ COMMAND_MODULES defines `register(subparsers)` and keeps heavy imports inside it
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from lnpt.shared import __version__
 from lnpt.shared.errors import LnptError
@@ -30,28 +31,36 @@ def add_format_option(parser: argparse.ArgumentParser) -> None:
                         help="text for people (default) or one JSON object on stdout for machines")
 
 
-def flag_overrides(args: argparse.Namespace, keys: dict[str, str]) -> list[str]:
-    """`section.key=value` overrides for the flags in `keys` (attribute -> config key) that were given.
+def config_from_args(args: argparse.Namespace, flags: Mapping[str, str] | None = None):
+    """The validated Config of a command: the file (`--config`), then `--set` overrides, then the
+    command's flags in `flags` (attribute -> `section.key`) that the user gave.
 
-    Flags that map to config keys default to None, so only what the user typed overrides the file;
-    values become TOML literals (JSON strings are valid TOML strings, whatever a path contains).
+    Flags mapping to config keys default to None, so only what the user typed overrides the file;
+    a bad flag value is reported under the flag's own name (`--epochs 0: ...`).
     """
-    out = []
-    for attr, key in keys.items():
-        value = getattr(args, attr)
-        if value is None:
-            continue
-        literal = ("true" if value else "false") if isinstance(value, bool) else \
-            json.dumps(value) if isinstance(value, str) else str(value)
-        out.append(f"{key}={literal}")
-    return out
+    from lnpt.shared.config import load_config, updated
+
+    config = load_config(getattr(args, "config", None), getattr(args, "overrides", []))
+    for attr, key in (flags or {}).items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            section, name = key.split(".")
+            config = updated(config, section, source=f"--{attr.replace('_', '-')}", **{name: value})
+    return config
 
 
-def config_from_args(args: argparse.Namespace, extra_overrides: Sequence[str] = ()):
-    """The validated Config for a command: file, then --set, then flags the command maps to keys."""
-    from lnpt.shared.config import load_config
+@contextlib.contextmanager
+def json_lines(path: str | None) -> Iterator[Callable[[dict], None] | None]:
+    """A callable appending one JSON line per event to `path` (flushed), or None without a path."""
+    if not path:
+        yield None
+        return
+    with open(path, "a") as f:
+        def write(event: dict) -> None:
+            f.write(json.dumps(event, default=str) + "\n")
+            f.flush()
 
-    return load_config(getattr(args, "config", None), [*getattr(args, "overrides", []), *extra_overrides])
+        yield write
 
 
 def emit(args: argparse.Namespace, result: dict[str, Any], text: str) -> None:
@@ -126,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except LnptError as exc:
         print(f"lnpt {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print(f"lnpt {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -236,6 +236,15 @@ class DataConfig:
 
 
 @dataclass
+class JobConfig:
+    """[job] one edge device's whole job (`lnpt edge run`): prune once, train with resume, export once."""
+    work: str = "lnpt-work"  # folder for the student, the training checkpoint and the ONNX file
+    data: str = ""  # folder of unlabeled images; empty = the Fashion-MNIST training images
+    teacher: str = ""  # teacher file or host:port; empty = client.addresses
+    export: bool = True  # write (once) and verify the ONNX file after training
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     batcher: BatcherConfig = field(default_factory=BatcherConfig)
@@ -247,6 +256,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    job: JobConfig = field(default_factory=JobConfig)
 
 
 # --- loading and validation --------------------------------------------------------------------
@@ -296,15 +306,34 @@ def build_config(raw: dict[str, Any], source: str = "config") -> Config:
 
 
 def build_section(cls: type, values: dict[str, Any], section: str, source: str) -> Any:
+    return cls(**checked_values(cls, values, section, source))
+
+
+def checked_values(cls: type, values: dict[str, Any], section: str, source: str) -> dict[str, Any]:
+    """`values` for the section dataclass `cls`, each checked against its declaration."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
+    checked = {}
     for key, value in values.items():
         where = f"{source}: {section}.{key}"
         if key not in fields:
             raise ConfigError(f"{where}: unknown key; [{section}] accepts: {', '.join(fields)}")
-        kwargs[key] = check_value(where, value, hints[key], fields[key].metadata)
-    return cls(**kwargs)
+        checked[key] = check_value(where, value, hints[key], fields[key].metadata)
+    return checked
+
+
+def updated(config: Config, section: str, source: str = "argument", **values: Any) -> Config:
+    """A copy of `config` with `values` set in [section], checked like a file's values; errors name
+    `source` (the flag or function that gave them).
+
+        >>> updated(Config(), "prune", sparsity=0.95).prune.sparsity
+        0.95
+    """
+    if not values:
+        return config
+    current = getattr(config, section)
+    changed = dataclasses.replace(current, **checked_values(type(current), values, section, source))
+    return dataclasses.replace(config, **{section: changed})
 
 
 def check_value(where: str, value: Any, expected: Any, meta: typing.Mapping) -> Any:

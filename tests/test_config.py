@@ -76,7 +76,7 @@ def test_flags_become_validated_overrides_only_when_given(tmp_path):
     any path survives quoting, and the result goes through the same validation as the file."""
     import argparse
 
-    from lnpt.shared.cli import flag_overrides
+    from lnpt.shared.cli import config_from_args
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--token-file")
@@ -86,10 +86,19 @@ def test_flags_become_validated_overrides_only_when_given(tmp_path):
     keys = {"token_file": "client.token_file", "insecure": "client.insecure", "augment": "train.augment",
             "epochs": "train.epochs"}
     path = tmp_path / 'odd "dir" \\ name' / "token"
+    parser.add_argument("--config")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
     given = parser.parse_args(["--token-file", str(path), "--no-augment", "--epochs", "3"])
-    config = load_config(None, flag_overrides(given, keys))
+    config = config_from_args(given, keys)
     assert config.client.token_file == str(path) and config.train.augment is False and config.train.epochs == 3
     file = tmp_path / "edge.toml"
     file.write_text("[client]\ninsecure = true\n[train]\nepochs = 7\n")
-    untouched = load_config(file, flag_overrides(parser.parse_args([]), keys))
+    untouched = config_from_args(parser.parse_args(["--config", str(file)]), keys)
     assert untouched.client.insecure is True and untouched.train.epochs == 7 and untouched.train.augment is True
+    # precedence: a flag beats --set, which beats the file; a bad flag is reported under its own name
+    ranked = config_from_args(parser.parse_args(["--config", str(file), "--set", "train.epochs=5"]), keys)
+    assert ranked.train.epochs == 5
+    assert config_from_args(parser.parse_args(["--config", str(file), "--set", "train.epochs=5", "--epochs", "2"]),
+                            keys).train.epochs == 2
+    with pytest.raises(ConfigError, match="--epochs: train.epochs = 0"):
+        config_from_args(parser.parse_args(["--epochs", "0"]), keys)

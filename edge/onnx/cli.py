@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from lnpt.shared.cli import add_config_options, add_format_option, config_from_args, emit, flag_overrides
+from lnpt.shared.cli import add_config_options, add_format_option, config_from_args, emit
 
 DESCRIPTION = """\
 Export a pruned student to ONNX for on-device runtimes, and verify every file written.
@@ -55,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="also report top-1 accuracy of PyTorch and of the artifact on N labeled "
                              "Fashion-MNIST test images (students with Fashion-MNIST classes)")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime and torch threads (default 1)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out (and its sidecar) if it exists")
     add_config_options(parser)
     add_format_option(parser)
     parser.set_defaults(handler=run_export)
@@ -69,20 +70,18 @@ EXPORT_FLAGS = {flag: f"export.{key}" for flag, key in {
 def run_export(args: argparse.Namespace) -> int:
     import torch
 
-    from lnpt.edge.onnx.pipeline import ExportOptions, export_student
+    from lnpt.edge.onnx.pipeline import export
 
-    config = config_from_args(args, flag_overrides(args, EXPORT_FLAGS))
+    config = config_from_args(args, EXPORT_FLAGS)
     torch.set_num_threads(args.threads)
-    options = ExportOptions.from_config(config, eval_fashion_mnist=args.eval_fashion_mnist, threads=args.threads)
 
     def progress(line: str) -> None:
-        if args.format == "json":
-            print(json.dumps({"event": "stage", "stage": line}), file=sys.stderr, flush=True)
-        else:
-            print(f"export {line}", file=sys.stderr, flush=True)
+        print(json.dumps({"event": "stage", "stage": line}) if args.format == "json" else f"export {line}",
+              file=sys.stderr, flush=True)
 
-    result = export_student(args.student, args.out, options, progress)
-    emit(args, result, summary_text(result))
+    result = export(args.student, args.out, config=config, overwrite=args.overwrite, progress=progress,
+                    eval_fashion_mnist=args.eval_fashion_mnist, threads=args.threads)
+    emit(args, result.details, summary_text(result.details))
     return 0
 
 

@@ -103,7 +103,6 @@ def export_student(student: str | Path, out: str | Path, options: ExportOptions,
     from lnpt.edge.student import load_student
     from lnpt.shared.files import atomic_write
     from lnpt.shared.data import normalize
-    from lnpt.shared.zoo import build_model
 
     student, out = Path(student), Path(out)
     if out.suffix == ".ort":
@@ -173,7 +172,7 @@ def export_student(student: str | Path, out: str | Path, options: ExportOptions,
                     for name in output_names(options.logits_only)},
         "class_names": list(record.class_names),
         "params": count_params(model),
-        "full_width_params": count_params(build_model(record.arch, record.num_classes, spec)),
+        "full_width_params": count_params(record.architecture()),
         "sizes": {**sizes, "artifact": dict(sizes[list(sizes)[-1]])},  # the last stage is what was written
         "sparse_encoded_initializers": encoding.encoded if encoding else [],
         "sparsity": sparsity,

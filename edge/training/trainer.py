@@ -66,6 +66,8 @@ def sample_keys(images: ImageSource, batch_size: int = 512) -> list[bytes | None
 
 @dataclass
 class TrainResult:
+    """What a training run did; `to_dict()` is what `lnpt train --format json` prints."""
+
     steps: int
     total_steps: int
     epochs: int
@@ -77,6 +79,10 @@ class TrainResult:
     resumed_from_step: int = 0
     source_stats: dict[str, Any] = field(default_factory=dict)
     data_stats: dict[str, Any] = field(default_factory=dict)  # images found, bad files skipped (ImageSource.stats)
+    out: str = ""  # the trained student file (set by `lnpt.edge.train`)
+    checkpoint: str = ""
+    student_version: str = ""
+    notes: list[str] = field(default_factory=list)  # what the run decided that the user should know
 
     @property
     def target_wait_fraction(self) -> float:
@@ -85,6 +91,16 @@ class TrainResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "target_wait_fraction": self.target_wait_fraction}
+
+
+class TrainingInterrupted(TrainingError):
+    """Training stopped on request (Ctrl-C, SIGTERM) after saving a checkpoint at the last step."""
+
+    exit_code = 130  # what a shell reports for an interrupted command
+
+    def __init__(self, message: str, step: int, checkpoint: str | None):
+        super().__init__(message)
+        self.step, self.checkpoint = step, checkpoint
 
 
 class GuidedTrainer:
@@ -125,6 +141,7 @@ class GuidedTrainer:
         self.keys = cache_keys
         self.wait_seconds = 0.0
         self.saved_step = -1
+        self.stop_requested = False  # set from a signal handler; the loop stops after the current step
 
     # --- checkpoints ---------------------------------------------------------------------------
 
@@ -209,6 +226,8 @@ class GuidedTrainer:
                                "images_per_s": rate})
                     if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
                         self.save("every")
+                    if self.stop_requested:
+                        self.stop()
                 if last == self.steps_per_epoch:
                     self.emit({"event": "epoch", "epoch": epoch, "step": self.step,
                                "seconds": time.perf_counter() - epoch_start, "loss": loss_value})
@@ -229,6 +248,15 @@ class GuidedTrainer:
         )
         self.emit({"event": "done", **result.to_dict()})
         return result
+
+    def stop(self) -> None:
+        """Save a checkpoint at the current step and raise TrainingInterrupted saying how to resume."""
+        if self.saved_step != self.step:
+            self.save("interrupt")
+        where = f"; checkpoint {self.checkpoint_path} holds it: resume with --resume (resume=True)" \
+            if self.checkpoint_path else " (no checkpoint path: nothing saved)"
+        raise TrainingInterrupted(f"interrupted at step {self.step}/{self.total_steps}{where}", self.step,
+                                  str(self.checkpoint_path) if self.checkpoint_path else None)
 
     def train_step(self, images: torch.Tensor, features: torch.Tensor, logits: torch.Tensor) -> tuple[float, float]:
         self.model.train()
