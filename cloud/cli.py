@@ -27,6 +27,9 @@ def register_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, help="gRPC port (server.port, default 50051; 0 = any free port)")
     p.add_argument("--metrics-port", type=int,
                    help="Prometheus port (server.metrics_port, default 9464; 0 = any free port, -1 = off)")
+    p.add_argument("--health-port", type=int,
+                   help="a second port serving only grpc.health.v1, for probes under a connection flood "
+                        "(server.health_port, default -1 = off)")
     p.add_argument("--insecure", action="store_true", default=None, help="plaintext gRPC without TLS (local use only)")
     p.add_argument("--cert", help="PEM server certificate (server.cert)")
     p.add_argument("--key", help="PEM private key of --cert (server.key)")
@@ -38,6 +41,7 @@ def register_serve(sub: argparse._SubParsersAction) -> None:
 
 
 SERVE_FLAGS = {"host": "server.host", "port": "server.port", "metrics_port": "server.metrics_port",
+               "health_port": "server.health_port",
                "insecure": "server.insecure", "cert": "server.cert", "key": "server.key",
                "client_ca": "server.client_ca", "tokens_file": "server.tokens_file",
                "log_format": "server.log_format"}

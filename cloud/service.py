@@ -4,6 +4,8 @@ Each StreamTargets call has a reader task (validate, queue into the shared batch
 itself, which answers requests strictly in arrival order. A malformed request ends only its own
 stream: the answers for the requests before it are sent first, then the status with a message a
 person can act on. While the server drains, streams finish what they accepted and end UNAVAILABLE.
+Values a client sent are echoed shortened (`shorten`), so a status never outgrows gRPC's metadata
+limit; every request accepted holds its bytes against the server's in-flight budget until answered.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import torch
 from google.protobuf import unknown_fields
 
 from lnpt.cloud.batcher import BatcherStopped, DynamicBatcher, QueueFull
+from lnpt.cloud.security import token_id
 from lnpt.shared.codec import CodecError, decode_view, dtype_name
 from lnpt.shared.config import Config
 from lnpt.shared.protocol import guidance_pb2 as pb
@@ -28,6 +31,14 @@ from lnpt.shared.teacher_model import INPUT_DTYPES, PROTOCOL_VERSION, TARGET_DTY
 log = logging.getLogger("lnpt.cloud.service")
 
 END = object()  # the client closed its side of the stream
+MAX_ECHO_CHARS = 80  # of one value a client sent, quoted in a status or log line
+MAX_STATUS_CHARS = 1000  # of a whole status message (gRPC's metadata limit is 8 KiB)
+
+
+def shorten(value, limit: int = MAX_ECHO_CHARS) -> str:
+    """repr(value), cut to `limit` characters with the full length said: safe to echo."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def peer_host(peer: str) -> str:
@@ -62,6 +73,58 @@ class Accepted:
     future: asyncio.Future  # -> batcher.Answer
     received: float = 0.0  # perf_counter when the request was read (the profile's stages start here)
     decoded: float = 0.0  # ... and when it was validated and queued
+    reserved: int = 0  # bytes held against the in-flight budget until answered
+
+
+class InflightBudget:
+    """Bytes of accepted, unanswered requests across all streams, at most `limit`
+    (server.max_inflight_bytes): admission control that keeps memory bounded under any mix of
+    legal requests. Beyond it a request is refused RESOURCE_EXHAUSTED, which clients retry."""
+
+    def __init__(self, limit: int, gauge=None):
+        self.limit = limit
+        self.used = 0
+        self.gauge = gauge
+
+    def reserve(self, amount: int) -> bool:
+        if self.used + amount > self.limit:
+            return False
+        self.used += amount
+        if self.gauge is not None:
+            self.gauge.set(self.used)
+        return True
+
+    def release(self, amount: int) -> None:
+        self.used -= amount
+        if self.gauge is not None:
+            self.gauge.set(self.used)
+
+
+def request_cost(images: np.ndarray, teacher: Teacher) -> int:
+    """Memory one accepted request holds: its decoded images, their float32 model input, and the
+    answer (float32 targets and their wire copy)."""
+    n = int(images.shape[0])
+    return images.nbytes + images.size * 4 + n * (teacher.feature_dim + teacher.num_classes) * 8
+
+
+REQUEST_HEADROOM_BYTES = 16 * 1024
+
+
+def max_request_bytes(input_spec, max_request_batch: int) -> int:
+    """The largest legal TargetsRequest on the wire: a full batch of float32 images (the widest
+    accepted dtype) plus room for the header fields (request id, dtypes, shape, a version pin)."""
+    c, h, w = input_spec.shape
+    return max_request_batch * c * h * w * 4 + REQUEST_HEADROOM_BYTES
+
+
+def finite_targets(response: pb.TargetsResponse) -> bool:
+    """True when every feature and logit on the wire is finite (a view of the bytes, no copy).
+    Finite but extreme float input can overflow the teacher, or float16 targets (above 65504)."""
+    for tensor in (response.features, response.logits):
+        values = np.frombuffer(tensor.data, dtype=np.float16 if tensor.dtype == pb.DTYPE_FLOAT16 else np.float32)
+        if not np.isfinite(values).all():
+            return False
+    return True
 
 
 def reject_unknown_fields(message, name: str) -> None:
@@ -81,7 +144,7 @@ def parse_request(request: pb.TargetsRequest, teacher: Teacher, max_request_batc
     where = f"request {request.request_id}"
     reject_unknown_fields(request, where)
     if request.expected_teacher_version and request.expected_teacher_version != teacher.version:
-        raise invalid(f"{where}: expected teacher version {request.expected_teacher_version!r}, but this server "
+        raise invalid(f"{where}: expected teacher version {shorten(request.expected_teacher_version)}, but this server "
                       f"runs {teacher.arch} version {teacher.version!r}; drop expected_teacher_version or "
                       "connect to a server with that teacher")
     target = request.target_dtype or pb.DTYPE_FLOAT32
@@ -97,7 +160,7 @@ def parse_request(request: pb.TargetsRequest, teacher: Teacher, max_request_batc
                       "DTYPE_UINT8 pixels (0..255) or DTYPE_FLOAT32/DTYPE_FLOAT16 normalised input")
     shape, expected = list(images.shape), list(teacher.input_spec.shape)
     if len(shape) != 4 or shape[1:] != expected:
-        raise invalid(f"{where}: images have shape {shape}, but teacher {teacher.arch} takes N x "
+        raise invalid(f"{where}: images have shape {shorten(shape)}, but teacher {teacher.arch} takes N x "
                       f"{' x '.join(map(str, expected))} (N images of C x H x W); resize or convert them first")
     if shape[0] > max_request_batch:
         raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -118,6 +181,10 @@ class GuidanceServicer(guidance_pb2_grpc.GuidanceServicer):
         self.batcher: DynamicBatcher | None = None
         self.open_streams = 0
         self.client_streams: collections.Counter = collections.Counter()  # open streams per client address
+        self.token_streams: collections.Counter = collections.Counter()  # open streams per bearer token
+        self.tokens: list[bytes] = []  # the server's bearer tokens (per-token limits); empty = no tokens
+        self.max_message_bytes = config.server.max_message_bytes  # the server sets the derived limit
+        self.budget = InflightBudget(config.server.max_inflight_bytes, metrics.inflight_bytes)
         self.drained = asyncio.Event()  # set whenever no stream is open
         self.drained.set()
         self.draining: asyncio.Future | None = None
@@ -138,6 +205,8 @@ class GuidanceServicer(guidance_pb2_grpc.GuidanceServicer):
         return self.draining is not None and self.draining.done()
 
     async def fail(self, context, code: grpc.StatusCode, message: str):
+        if len(message) > MAX_STATUS_CHARS:  # a last guard; echoed values are shortened already
+            message = message[:MAX_STATUS_CHARS] + "..."
         self.metrics.errors.labels(code=code.name).inc()
         log.info("ending call: %s %s", code.name, message)
         await context.abort(code, message)
@@ -148,9 +217,20 @@ class GuidanceServicer(guidance_pb2_grpc.GuidanceServicer):
         if self.teacher is None:
             await self.fail(context, grpc.StatusCode.UNAVAILABLE, "teacher is still loading; retry shortly")
 
-    async def GetTeacherInfo(self, request, context):
+    async def GetTeacherInfo(self, request: bytes, context):
+        """Takes the raw request bytes (see `add_to_server`): bytes that are no GetTeacherInfoRequest
+        get INVALID_ARGUMENT instead of gRPC's UNKNOWN naming a Python exception."""
+        try:
+            parsed = pb.GetTeacherInfoRequest.FromString(request)
+        except Exception as exc:  # protobuf's DecodeError
+            await self.fail(context, grpc.StatusCode.INVALID_ARGUMENT, f"could not read the request "
+                            f"({shorten(str(exc), 200)}); send an empty lnpt.v1.GetTeacherInfoRequest")
+        try:
+            reject_unknown_fields(parsed, "GetTeacherInfoRequest")
+        except RequestError as exc:
+            await self.fail(context, exc.code, exc.message)
         await self.refuse_if_unavailable(context)
-        info = self.teacher.info(self.config.batcher.max_request_batch, self.config.server.max_message_bytes)
+        info = self.teacher.info(self.config.batcher.max_request_batch, self.max_message_bytes)
         info.preferred_batch_size = self.config.batcher.max_batch_size
         info.max_in_flight = self.config.server.stream_window
         return info
@@ -167,7 +247,15 @@ class GuidanceServicer(guidance_pb2_grpc.GuidanceServicer):
             await self.fail(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                             f"client {client} already has {per_client} open streams, its limit "
                             "(server.max_streams_per_client); close one or retry later")
+        token = token_id(context.invocation_metadata(), self.tokens) if self.tokens else None
+        per_token = self.config.server.max_streams_per_token
+        if token and per_token and self.token_streams[token] >= per_token:
+            await self.fail(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"this token ({token}) already has {per_token} open streams, its limit "
+                            "(server.max_streams_per_token); close one or retry later")
         self.client_streams[client] += 1
+        if token:
+            self.token_streams[token] += 1
         self.open_streams += 1
         self.drained.clear()
         self.metrics.open_streams.inc()
@@ -187,6 +275,13 @@ class GuidanceServicer(guidance_pb2_grpc.GuidanceServicer):
                     answer = await item.future  # encoded on the batcher's thread: nothing left to do here
                 except Exception as exc:  # the teacher failed on this batch
                     await self.fail(context, grpc.StatusCode.INTERNAL, f"teacher forward failed: {exc}")
+                finally:
+                    self.budget.release(item.reserved)  # its answer is computed: what is left is small
+                if not finite_targets(answer.response):
+                    await self.fail(context, grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"request {item.request_id}: the teacher's targets for these images are not finite "
+                                    "(float input far outside the teacher's range overflowed); send uint8 pixels, or "
+                                    "float input normalised with GetTeacherInfo.normalization")
                 self.metrics.samples.inc(answer.samples)
                 writes.since = time.monotonic()
                 written = time.perf_counter()
@@ -201,10 +296,15 @@ class GuidanceServicer(guidance_pb2_grpc.GuidanceServicer):
                 item = outbox.get_nowait()
                 if isinstance(item, Accepted):
                     item.future.cancel()
+                    self.budget.release(item.reserved)
             self.open_streams -= 1
             self.client_streams[client] -= 1
             if not self.client_streams[client]:
                 del self.client_streams[client]
+            if token:
+                self.token_streams[token] -= 1
+                if not self.token_streams[token]:
+                    del self.token_streams[token]
             self.metrics.open_streams.dec()
             if self.open_streams == 0:
                 self.drained.set()
@@ -244,18 +344,26 @@ class GuidanceServicer(guidance_pb2_grpc.GuidanceServicer):
                 received = time.perf_counter()
                 self.metrics.requests.inc()
                 images, target_dtype = parse_request(request, self.teacher, self.config.batcher.max_request_batch)
+                cost = request_cost(images, self.teacher)
+                if not self.budget.reserve(cost):
+                    raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                       f"request {request.request_id}: the server holds {self.budget.used} bytes of "
+                                       f"requests in flight and this one needs {cost} more, beyond its budget "
+                                       f"(server.max_inflight_bytes = {self.budget.limit}); retry shortly")
                 try:
                     future = self.batcher.submit_nowait(request.request_id, images, target_dtype)
-                except QueueFull as exc:
+                except (QueueFull, BatcherStopped) as exc:
+                    self.budget.release(cost)
+                    if isinstance(exc, BatcherStopped):
+                        raise RequestError(grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry elsewhere") from None
                     raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
-                except BatcherStopped:
-                    raise RequestError(grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry elsewhere") from None
-                await outbox.put(Accepted(request.request_id, target_dtype, future, received, time.perf_counter()))
+                await outbox.put(Accepted(request.request_id, target_dtype, future, received, time.perf_counter(),
+                                          reserved=cost))
         except RequestError as exc:
             await outbox.put(exc)
         except Exception as exc:  # e.g. bytes that do not parse as a TargetsRequest
-            log.warning("could not read a request: %s: %s", type(exc).__name__, exc)
-            await outbox.put(invalid(f"could not read the next request ({type(exc).__name__}: {exc}); "
+            log.warning("could not read a request: %s: %s", type(exc).__name__, shorten(str(exc), 200))
+            await outbox.put(invalid(f"could not read the next request ({type(exc).__name__}: {shorten(str(exc), 200)}); "
                                      "send lnpt.v1.TargetsRequest messages"))
 
     async def next_request(self, requests) -> pb.TargetsRequest | None:
@@ -279,3 +387,18 @@ class GuidanceServicer(guidance_pb2_grpc.GuidanceServicer):
                                "server is shutting down; requests already sent were answered, send the rest to another replica")
         raise RequestError(grpc.StatusCode.UNAVAILABLE,
                            f"stream idle for {idle:g} s (server.stream_idle_seconds); open a new stream")
+
+
+def add_to_server(servicer: GuidanceServicer, server) -> None:
+    """Register the Guidance service like the generated `add_GuidanceServicer_to_server`, except that
+    GetTeacherInfo receives raw bytes and parses them itself (to answer INVALID_ARGUMENT)."""
+    handlers = {
+        "GetTeacherInfo": grpc.unary_unary_rpc_method_handler(
+            servicer.GetTeacherInfo, request_deserializer=None,
+            response_serializer=pb.TeacherInfo.SerializeToString),
+        "StreamTargets": grpc.stream_stream_rpc_method_handler(
+            servicer.StreamTargets, request_deserializer=pb.TargetsRequest.FromString,
+            response_serializer=pb.TargetsResponse.SerializeToString),
+    }
+    name = pb.DESCRIPTOR.services_by_name["Guidance"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))

@@ -18,3 +18,8 @@ def test_bench_reliability_json_reports_no_loss_and_no_crash():
     assert result["bad_inputs_tried"] > 300
     assert result["hostile_input"]["undefined_status"] == 0
     assert result["security"]["as_expected"] == "8/8"
+    flood = result["connection_flood"]
+    assert flood["served_within_1s"] and result["connections_held_off"] == flood["idle_connections"] - 64
+    assert result["oversized_flood"]["within_budget"] and result["peak_rss_mb"] > 0
+    assert result["health_latency_under_flood_ms"] < 1000
+    assert result["watch_flood"]["watches_open"] == 64 and result["watch_flood"]["new_stream_ok"]

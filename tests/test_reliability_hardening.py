@@ -285,3 +285,19 @@ def test_busy_metrics_port_and_missing_cuda_end_with_a_clean_message(teacher_pat
         done = serve_exit(teacher_path, "--metrics-port", "-1", "--set", f"batcher.device={device}")
         assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
         assert f"batcher.device = '{device}', but torch sees no CUDA device here" in done.stderr
+
+
+def test_envoy_front_proxy_config_routes_guidance_with_the_servers_budgets(repo_root):
+    import yaml
+
+    config = yaml.safe_load((repo_root / "deploy" / "envoy" / "envoy.yaml").read_text())
+    listener = config["static_resources"]["listeners"][0]
+    chain = listener["filter_chains"][0]
+    manager = next(f for f in chain["filters"] if f["name"] == "envoy.filters.network.http_connection_manager")
+    options = manager["typed_config"]["common_http_protocol_options"]
+    assert (options["idle_timeout"], options["max_connection_duration"]) == ("120s", "3600s")
+    routes = manager["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    assert {r["match"]["prefix"] for r in routes} == {"/lnpt.v1.Guidance/", "/grpc.health.v1.Health/Check"}
+    cluster = config["static_resources"]["clusters"][0]
+    assert {r["route"]["cluster"] for r in routes} == {cluster["name"]}
+    assert cluster["health_checks"][0]["grpc_health_check"]["service_name"] == "lnpt.v1.Guidance"
