@@ -8,7 +8,7 @@ STAMP := $(VENV)/.lnpt-installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PYTEST_ARGS ?=
 
-.PHONY: install data test test-wheel demo protos lock bench clean deploy-verify
+.PHONY: install data elpv test test-wheel demo protos lock bench clean deploy-verify
 
 install: $(STAMP)
 
@@ -25,6 +25,11 @@ data: install
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
 	fi
 	$(BIN)/lnpt data prepare
+
+# ELPV solar cells (CC BY-NC-SA 4.0, never committed): pip install --no-deps elpv-dataset when missing,
+# then a seeded, stratified cloud/edge/test split in $$LNPT_DATA/elpv (default ~/.cache/lnpt/elpv).
+elpv: install
+	$(BIN)/lnpt data prepare elpv
 
 test: install data
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

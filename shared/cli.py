@@ -91,10 +91,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def register_data(sub: argparse._SubParsersAction) -> None:
-    data = sub.add_parser("data", help="prepare Fashion-MNIST or write it as an image folder")
+    data = sub.add_parser("data", help="prepare Fashion-MNIST or ELPV, or write Fashion-MNIST as an image folder")
     actions = data.add_subparsers(dest="action", metavar="ACTION", required=True)
-    prepare = actions.add_parser("prepare", help="make Fashion-MNIST available from local files")
+    prepare = actions.add_parser(
+        "prepare", help="make a data set available from local files",
+        description="fashion-mnist (default): the four IDX files from the Debian package or a download. "
+                    "elpv: the ELPV solar-cell images (PyPI elpv-dataset, installed with `pip install --no-deps` "
+                    "when missing; licence CC BY-NC-SA 4.0, never redistributed) split, seeded and stratified, "
+                    "into a labeled cloud set, an unlabeled edge set and a held-out test set.")
+    prepare.add_argument("dataset", nargs="?", choices=("fashion-mnist", "elpv"), default="fashion-mnist")
     prepare.add_argument("--root", help="cache folder (default: $LNPT_DATA or ~/.cache/lnpt)")
+    prepare.add_argument("--out", help="elpv: folder for the split (default: <root>/elpv)")
+    prepare.add_argument("--seed", type=int, default=0, help="elpv: seed of the split")
+    prepare.add_argument("--fractions", default="0.4,0.4,0.2", metavar="CLOUD,EDGE,TEST",
+                         help="elpv: shares of the labeled cloud, unlabeled edge and test sets")
+    prepare.add_argument("--limit", type=int, default=0, help="elpv: a stratified subset of N images (0 = all)")
+    add_format_option(prepare)
     prepare.set_defaults(handler=run_data_prepare)
     folder = actions.add_parser("write-folder", help="write Fashion-MNIST images as PNG files")
     folder.add_argument("--split", choices=("train", "test"), default="train")
@@ -107,9 +119,23 @@ def register_data(sub: argparse._SubParsersAction) -> None:
 
 
 def run_data_prepare(args: argparse.Namespace) -> int:
-    from lnpt.shared.data import prepare_fashion_mnist
+    from lnpt.shared.data import data_root, prepare_fashion_mnist
 
-    print(f"Fashion-MNIST ready in {prepare_fashion_mnist(args.root)}")
+    if args.dataset == "fashion-mnist":
+        root = prepare_fashion_mnist(args.root)
+        emit(args, {"dataset": "fashion-mnist", "root": str(root)}, f"Fashion-MNIST ready in {root}")
+        return 0
+    from lnpt.shared.elpv import prepare_elpv
+
+    try:
+        fractions = tuple(float(f) for f in args.fractions.split(","))
+    except ValueError:
+        fractions = ()
+    out = args.out or str(data_root(args.root) / "elpv")
+    record = prepare_elpv(out, seed=args.seed, fractions=fractions, limit=args.limit)
+    counts = ", ".join(f"{name} {sum(per_class.values())}" for name, per_class in record["counts"].items())
+    emit(args, {"dataset": "elpv", "out": out, **record},
+         f"ELPV split in {out}: {counts} images (seed {record['seed']}; licence {record['licence']})")
     return 0
 
 
