@@ -80,10 +80,10 @@ def test_limits_message_size_and_batch_are_enforced_with_clear_status(teacher_pa
             list(stub.StreamTargets(iter([pb.TargetsRequest(request_id=2, images=encode(pixels(48)))]), timeout=30))
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "larger than max" in caught.value.details()
-        # The edge client knows the limit from GetTeacherInfo and refuses before sending.
+        # The edge client knows the limits from GetTeacherInfo and splits a larger batch to fit them.
         client = GuidanceClient(srv.address, insecure=True, retry=NO_RETRY)
-        with pytest.raises(GuidanceError, match="at most 16 per request; lower train.batch_size"):
-            client.targets(pixels(17))
+        features, _ = client.targets(pixels(17))
+        assert features.shape == (17, 84)
         assert client.stats["reconnects"] == 0
 
 
