@@ -4,14 +4,15 @@ Stages (each shows progress; a finished stage is reused on the next run unless -
   1. teacher   train a mature teacher with labels (the cloud's job)
   2. tls       make a test CA, server/client certificates and a bearer token
   3. images    write the training images as an unlabeled folder of PNG files (the edge's data)
-  4. prune     start `lnpt serve` as a separate process on loopback with TLS and the token, then
-               `lnpt prune`: a fresh student, LNPT score through the server, 90% sparsity
-  5. train     `lnpt train`: label-free guided training against the streamed targets
-  6. evaluate  accuracy on the real test set (labels read only here), learning gap before/after
-  7. shutdown  SIGTERM to the server: it drains and must exit with code 0
-  8. export    dense and sparse ONNX, each verified in ONNX Runtime; accuracy and latency measured
-  9. report    print the summary, write report.md with the training curves and density chart
-Every number in the summary and report is read from what the run produced.
+  4. job       start `lnpt serve` as a separate process on loopback with TLS and the token, then the
+               edge job exactly as a device runs it (`lnpt.edge.run_edge_job`, `lnpt edge run`): a fresh
+               student pruned with the LNPT score through the server (90% sparsity), label-free guided
+               training against the streamed targets, a sparse ONNX file verified in ONNX Runtime
+  5. evaluate  accuracy on the real test set (labels read only here), learning gap before/after
+  6. shutdown  SIGTERM to the server: it drains and must exit with code 0
+  7. export    the dense ONNX file beside the sparse one; accuracy and latency of both measured
+  8. report    print the summary, write report.md with the training curves and density chart
+Every number in the summary and report comes from the library calls of this run.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from typing import Any, Callable, Iterator
 from lnpt.shared.cli import add_format_option
 from lnpt.shared.errors import LnptError
 
-STAGES = ("teacher", "tls", "images", "prune", "train", "evaluate", "shutdown", "export", "report")
+STAGES = ("teacher", "tls", "images", "job", "evaluate", "shutdown", "export", "report")
 MARKER = ".lnpt-demo"  # only a folder holding this marker is ever deleted by --fresh
 
 
@@ -101,10 +102,6 @@ class Demo:
     def path(self, name: str) -> Path:
         return self.out / name
 
-    @property
-    def config_file(self) -> Path:
-        return self.path("lnpt.toml")
-
     # --- stage bookkeeping -------------------------------------------------------------------
 
     def stage_done(self, name: str) -> bool:
@@ -134,15 +131,6 @@ class Demo:
         atomic_write(record_path, lambda f: f.write(text.encode()))
         self.log(f"[{number}/{len(STAGES)}] {name} done in {result['seconds']} s")
 
-    def cli(self, *argv: str) -> None:
-        """Run an `lnpt` subcommand in-process, exactly as a user would type it."""
-        from lnpt.shared.cli import main
-
-        self.log("  $ lnpt " + " ".join(argv))
-        code = main(list(argv))
-        if code != 0:
-            raise DemoError(f"`lnpt {argv[0]}` failed with exit code {code}; see the message above")
-
     # --- the job -----------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
@@ -157,7 +145,8 @@ class Demo:
         self.make_tls()
         self.write_images()
         try:
-            self.prune_train_evaluate()
+            self.edge_job()
+            self.evaluate()
         finally:
             self.stop_server()
         self.export()
@@ -168,12 +157,11 @@ class Demo:
         with self.stage("teacher") as result:
             if result is None:
                 return
-            from lnpt.cloud.teacher_training import train_teacher
-            from lnpt.shared.config import load_config
+            from lnpt.cloud import train_teacher
+            from lnpt.shared.config import Config, updated
 
-            config = load_config(None, [f'teacher.model="{self.s.teacher_model}"',
-                                        f"teacher.epochs={self.s.teacher_epochs}",
-                                        f"teacher.train_samples={self.s.teacher_images}"])
+            config = updated(Config(), "teacher", model=self.s.teacher_model, epochs=self.s.teacher_epochs,
+                             train_samples=self.s.teacher_images)
             trained = train_teacher(config, str(self.path("teacher.pt")), device="cpu")
             result.update(path=trained["path"], arch=trained["arch"], version=trained["version"],
                           test_accuracy=trained["test_accuracy"], history=trained["history"])
@@ -209,21 +197,30 @@ class Demo:
             result.update(folder=str(folder), count=len(images))
 
     def start_server(self) -> str:
-        """Start the TLS + token server (once) and write the edge's config file; returns the address."""
+        """Start the TLS + token server once, as a separate `lnpt serve` process; returns its address."""
         if self.server is None:
             from lnpt.cloud.process import ServerProcess
-            from lnpt.shared.files import atomic_write
 
             tls = self.results["tls"]
             self.log("  starting `lnpt serve` with TLS and a bearer token on loopback")
             self.server = ServerProcess(self.results["teacher"]["path"], cert=tls["cert"], key=tls["key"],
                                         ca_cert=tls["ca"], tokens_file=tls["tokens_file"],
                                         log_path=self.path("server.log")).start()
-            config = (f'[client]\naddresses = ["{self.server.address}"]\nca_cert = "{tls["ca"]}"\n'
-                      f'token_file = "{tls["token_file"]}"\n')
-            atomic_write(self.config_file, lambda f: f.write(config.encode()))
             self.log(f"  server SERVING at {self.server.address} (log: {self.path('server.log')})")
         return self.server.address
+
+    def edge_config(self, address: str):
+        """The device's settings: TLS + token to the server, and the job, as one validated Config."""
+        from lnpt.shared.config import Config, updated
+
+        tls = self.results["tls"]
+        config = updated(Config(), "client", addresses=[address], ca_cert=tls["ca"], token_file=tls["token_file"])
+        config = updated(config, "model", spec=self.s.student_model)
+        config = updated(config, "prune", score="lnpt", sparsity=self.s.sparsity)
+        config = updated(config, "train", epochs=self.s.epochs, threads=self.s.threads)
+        config = updated(config, "export", format="sparse")
+        return updated(config, "job", work=str(self.path("job")), data=self.results["images"]["folder"],
+                       teacher=address)
 
     def stop_server(self) -> None:
         if self.server is None:
@@ -236,71 +233,56 @@ class Demo:
                 raise DemoError(f"the server did not shut down cleanly (exit code {code}); see {self.path('server.log')}")
         self.server = None
 
-    def prune_train_evaluate(self) -> None:
-        if all(self.stage_done(name) for name in ("prune", "train", "evaluate")):
-            for name in ("prune", "train", "evaluate"):
-                with self.stage(name):
-                    pass
-            return
-        address = self.start_server()
-        config = str(self.config_file)
-        with self.stage("prune") as result:
-            if result is not None:
-                student = self.path("student-pruned.pt")
-                self.cli("prune", "--config", config, "--teacher", address, "--model", self.s.student_model,
-                         "--score", "lnpt", "--sparsity", str(self.s.sparsity),
-                         "--data", self.results["images"]["folder"], "--out", str(student))
-                report = json.loads(student.with_suffix(".prune.json").read_text())
-                result.update(student=str(student), sparsity=report["sparsity"], chart=report["chart"],
-                              report=report["report"], density_per_layer=report["density_per_layer"],
-                              score_seconds=report.get("score_seconds"), before=self.evaluate(student, address))
-        with self.stage("train") as result:
-            if result is not None:
-                trained, log = self.path("student.pt"), self.path("train.jsonl")
-                log.unlink(missing_ok=True)
-                self.cli("train", "--config", config, "--teacher", address,
-                         "--student", self.results["prune"]["student"], "--data", self.results["images"]["folder"],
-                         "--epochs", str(self.s.epochs), "--threads", str(self.s.threads),
-                         "--out", str(trained), "--log-jsonl", str(log))
-                done = [json.loads(line) for line in log.read_text().splitlines()][-1]
-                result.update(student=str(trained), log=str(log), steps=done["steps"],
-                              seconds_training=done["seconds"], target_wait_seconds=done["target_wait_seconds"],
-                              final_loss=done["final_loss"])
-        with self.stage("evaluate") as result:
-            if result is not None:
-                result.update(self.evaluate(Path(self.results["train"]["student"]), address))
+    def edge_job(self) -> None:
+        with self.stage("job") as result:
+            if result is None:
+                return
+            from lnpt.edge import evaluate, run_edge_job
 
-    def evaluate(self, student: Path, address: str) -> dict[str, Any]:
+            address = self.start_server()
+            config = self.edge_config(address)
+            curve: dict[str, list] = {"step": [], "loss": [], "gap": []}
+
+            def record(event: dict) -> None:
+                if event["event"] == "step":
+                    for key in curve:
+                        curve[key].append(event[key])
+
+            job = run_edge_job(config, progress=sys.stderr.isatty(), train_log=record,
+                               log=lambda line: self.log(f"  {line}"))
+            before = evaluate(job.student, limit=self.s.test_images, teacher=address, config=config)
+            prune, train = job.prune.report, job.train
+            result.update(stages=job.stages, student=str(job.student), trained=str(job.trained), onnx=str(job.onnx),
+                          sparsity=prune["sparsity"], chart=prune["chart"], density_per_layer=prune["density_per_layer"],
+                          score_seconds=prune.get("score_seconds"), before=before.to_dict(), steps=train.steps,
+                          seconds_training=train.seconds, target_wait_seconds=train.target_wait_seconds,
+                          target_wait_fraction=train.target_wait_fraction, final_loss=train.final_loss, curve=curve)
+
+    def evaluate(self) -> None:
         """Accuracy on the real test set (labels read here only), agreement and learning gap vs the teacher."""
-        from lnpt.edge.teachers.remote import GuidanceClient
-        from lnpt.edge.student import load_student
-        from lnpt.edge.evaluation import evaluate
-        from lnpt.shared.config import load_config
-        from lnpt.shared.data import load_fashion_mnist
+        with self.stage("evaluate") as result:
+            if result is None:
+                return
+            from lnpt.edge import evaluate
 
-        model, record = load_student(student)
-        images, labels = load_fashion_mnist(train=False)
-        count = self.s.test_images or len(images)
-        client = GuidanceClient.from_config(load_config(self.config_file).client, address)
-        try:
-            return evaluate(model, record.input_spec, images[:count], labels[:count], client)
-        finally:
-            client.close()
+            address = self.start_server()
+            after = evaluate(self.results["job"]["trained"], limit=self.s.test_images, teacher=address,
+                             config=self.edge_config(address))
+            result.update(after.to_dict())
 
     def export(self) -> None:
         with self.stage("export") as result:
             if result is None:
                 return
-            from lnpt.edge.onnx.pipeline import ExportOptions, export_student
+            from lnpt.edge import export
 
-            for storage in ("dense", "sparse"):
+            for storage in ("dense", "sparse"):  # the job's own file is sparse; both here, with accuracy
                 out = self.path(f"student-{storage}.onnx")
-                exported = export_student(self.results["train"]["student"], out,
-                                          ExportOptions(storage=storage, eval_fashion_mnist=self.s.test_images),
-                                          progress=lambda line: self.log(f"  {storage}: {line}"))
-                result[storage] = {"path": str(out), "bytes": exported["sizes"]["artifact"]["bytes"],
-                                   "gzip_bytes": exported["sizes"]["artifact"]["gzip_bytes"],
-                                   "max_abs_diff": exported["max_abs_diff"], "accuracy": exported["accuracy"],
+                exported = export(self.results["job"]["trained"], out, storage=storage, overwrite=True,
+                                  eval_fashion_mnist=self.s.test_images,
+                                  progress=lambda line: self.log(f"  {storage}: {line}"))
+                result[storage] = {"path": str(out), "bytes": exported.bytes, "gzip_bytes": exported.gzip_bytes,
+                                   "max_abs_diff": exported.max_abs_diff, "accuracy": exported.accuracy,
                                    "latency_ms_b1": onnx_latency_ms(out)}
 
     # --- summary and report ------------------------------------------------------------------
@@ -311,7 +293,7 @@ class Demo:
                 result = self.results["report"]
             else:
                 result.update(summary_rows(self.results), training_curve=str(self.path("training.png")))
-                plot_training(Path(self.results["train"]["log"]), self.path("training.png"))
+                plot_training(self.results["job"]["curve"], self.path("training.png"))
                 write_report(self.path("report.md"), self.results, result, self.s)
                 result["report"] = str(self.path("report.md"))
         self.log("")
@@ -345,7 +327,7 @@ def onnx_latency_ms(path: Path, runs: int = 200) -> float:
 
 
 def summary_rows(results: dict[str, Any]) -> dict[str, Any]:
-    before, after = results["prune"]["before"], results["evaluate"]
+    job, before, after = results["job"], results["job"]["before"], results["evaluate"]
     dense, sparse = results["export"]["dense"], results["export"]["sparse"]
     rows = [
         ("teacher test accuracy", f"{results['teacher']['test_accuracy']:.4f}"),
@@ -362,8 +344,8 @@ def summary_rows(results: dict[str, Any]) -> dict[str, Any]:
          f"{dense['latency_ms_b1']:.3f} ms / {sparse['latency_ms_b1']:.3f} ms"),
         ("ONNX vs PyTorch max abs diff (dense / sparse)", f"{dense['max_abs_diff']:.2e} / {sparse['max_abs_diff']:.2e}"),
         ("guided training steps (waited for targets)",
-         f"{results['train']['steps']} in {results['train']['seconds_training']:.0f} s "
-         f"({results['train']['target_wait_seconds']:.1f} s)"),
+         f"{job['steps']} in {job['seconds_training']:.0f} s ({job['target_wait_seconds']:.1f} s, "
+         f"{job['target_wait_fraction']:.1%})"),
     ]
     return {"rows": [list(row) for row in rows]}  # lists: the same after a JSON round trip
 
@@ -375,18 +357,16 @@ def format_summary(rows: list) -> str:
     return "\n".join(lines)
 
 
-def plot_training(log: Path, out: Path) -> None:
-    """Loss and learning gap per step of guided training, from the run's JSON-lines log."""
+def plot_training(curve: dict[str, list], out: Path) -> None:
+    """Loss and learning gap per step of guided training, as the trainer reported them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = [json.loads(line) for line in log.read_text().splitlines()]
-    steps = [e for e in steps if e["event"] == "step"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for ax, key, title in ((axes[0], "loss", "training loss (LG + KD)"), (axes[1], "gap", "learning gap (batch)")):
-        ax.plot([e["step"] for e in steps], [e[key] for e in steps], linewidth=0.8)
+        ax.plot(curve["step"], curve[key], linewidth=0.8)
         ax.set_xlabel("step")
         ax.set_title(title)
         ax.set_yscale("log")
@@ -407,20 +387,20 @@ def write_report(path: Path, results: dict[str, Any], report: dict[str, Any], se
         "# LNPT demo report", "",
         f"Teacher `{teacher['arch']}` (version {teacher['version']}) trained {settings.teacher_epochs} epochs "
         f"with labels; student `{settings.student_model}` pruned to {settings.sparsity:.0%} with the LNPT score "
-        f"through the guidance server (TLS + token), trained {settings.epochs} epochs on "
+        f"through the guidance server (TLS + token) by the edge job (`lnpt edge run`), trained {settings.epochs} epochs on "
         f"{results['images']['count']} unlabeled images with streamed targets; evaluated on "
         f"{results['evaluate']['samples']} real test images.", "",
         "| measure | value |", "|---|---|",
         *[f"| {name} | {value} |" for name, value in report["rows"]], "",
         "## Guided training", "", f"![training curves]({rel(report['training_curve'])})", "",
-        "## Density per layer after pruning", "", f"![density per layer]({rel(results['prune']['chart'])})", "",
+        "## Density per layer after pruning", "", f"![density per layer]({rel(results['job']['chart'])})", "",
         "| layer | kept fraction |", "|---|---|",
-        *[f"| {name} | {density:.4f} |" for name, density in results["prune"]["density_per_layer"].items()], "",
+        *[f"| {name} | {density:.4f} |" for name, density in results["job"]["density_per_layer"].items()], "",
         "## Teacher training", "", "| epoch | train loss | test accuracy |", "|---|---|---|",
         *[f"| {h['epoch']} | {h['train_loss']:.4f} | {h['test_accuracy']:.4f} |" for h in teacher["history"]], "",
         "## Stage times", "", "| stage | seconds |", "|---|---|",
         *[f"| {name} | {results[name]['seconds']} |" for name in STAGES if name in results and name != "report"], "",
         "Files: " + ", ".join(f"`{rel(results['export'][k]['path'])}`" for k in ("dense", "sparse"))
-        + f", `{rel(results['train']['student'])}`, `{rel(results['train']['log'])}`.", "",
+        + f", `{rel(results['job']['trained'])}`, and the edge job's folder `{rel(str(path.parent / 'job'))}`.", "",
     ]
     atomic_write(path, lambda f: f.write("\n".join(lines).encode()))

@@ -16,14 +16,17 @@ def test_demo_runs_end_to_end_and_reuses_its_stages(tmp_path, capsys):
     summary = Demo(settings).run()
     out = settings.out
     stages = {p.stem: json.loads(p.read_text())["result"] for p in (out / "stages").glob("*.json")}
-    assert set(stages) == {"teacher", "tls", "images", "prune", "train", "evaluate", "shutdown", "export", "report"}
+    assert set(stages) == {"teacher", "tls", "images", "job", "evaluate", "shutdown", "export", "report"}
+    # The device's part is the edge job itself, run once through the server.
+    assert stages["job"]["stages"] == {"prune": "done", "train": "done", "export": "done"}
 
     # The edge trained on an unlabeled flat folder of real image files.
     pngs = list((out / "unlabeled").glob("*.png"))
     assert len(pngs) == 1500 and not [p for p in (out / "unlabeled").iterdir() if p.is_dir()]
     assert stages["shutdown"]["exit_code"] == 0  # the server drained and exited cleanly
-    assert stages["prune"]["sparsity"] == pytest.approx(0.9, abs=1e-3)
-    assert stages["evaluate"]["learning_gap"] < stages["prune"]["before"]["learning_gap"]
+    assert stages["job"]["sparsity"] == pytest.approx(0.9, abs=1e-3)
+    assert stages["evaluate"]["learning_gap"] < stages["job"]["before"]["learning_gap"]
+    assert len(stages["job"]["curve"]["step"]) == stages["job"]["steps"]
 
     # Both ONNX files load in ONNX Runtime and give finite logits for a real-sized batch.
     for storage in ("dense", "sparse"):

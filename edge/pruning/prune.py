@@ -71,7 +71,7 @@ def prune(student: str | Classifier | None = None, teacher: TargetSource | str |
     notes: list[str] = []
     with opened_teacher(teacher if needs_teacher else False, config.client) as source:
         spec, class_names = student_shape(source, config)
-        model = student_model(student, source, spec, len(class_names), cfg.seed)
+        model = student_model(student or config.model.spec or None, source, spec, len(class_names), cfg.seed)
         objective = pipeline.build_objective(objective_kind, config.objective, model.feature_dim,
                                              source.feature_dim if source else None)
         batches = []
