@@ -34,6 +34,16 @@ def register(actions: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    result = prune_benchmark(args.model, args.teacher_model or args.model, samples=args.samples,
+                             batch_size=args.batch_size, sparsity=args.sparsity, synflow_rounds=args.synflow_rounds,
+                             repeats=args.repeats, threads=args.threads)
+    emit(args, result, format_result(result))
+    return 0
+
+
+def prune_benchmark(model: str, teacher_model: str, *, samples: int = 100, batch_size: int = 64,
+                    sparsity: float = 0.95, synflow_rounds: int = 100, repeats: int = 5, threads: int = 1) -> dict:
+    """Median seconds of each way to prune `model`, interleaved over `repeats`, and their ratios to SNIP."""
     import tempfile
     from pathlib import Path
 
@@ -48,45 +58,45 @@ def run(args: argparse.Namespace) -> int:
     from lnpt.shared.objectives import CrossEntropy, guided_objective
     from lnpt.shared.zoo import build_model
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads)
     spec = FASHION_MNIST_SPEC
     images, labels = load_fashion_mnist(train=True)
-    chosen = pick_samples(len(images), args.samples, seed=0)
+    chosen = pick_samples(len(images), samples, seed=0)
     images, labels = images[chosen], labels[chosen]
     with tempfile.TemporaryDirectory() as folder:
         torch.manual_seed(1)
         teacher_path = Path(folder) / "teacher.pt"
-        save_model(teacher_path, build_model(args.teacher_model or args.model, 10, spec), kind="teacher",
+        save_model(teacher_path, build_model(teacher_model, 10, spec), kind="teacher",
                    input_spec=spec, class_names=list(FASHION_MNIST_CLASSES))
         teacher = LocalTeacher.load(teacher_path)
 
     def student():
         torch.manual_seed(0)
-        return build_model(args.model, 10, spec)
+        return build_model(model, 10, spec)
 
     objective = guided_objective(student_dim=student().feature_dim, teacher_dim=teacher.feature_dim)
-    labelled = make_batches(images, spec, args.batch_size, labels=labels)
-    guided = make_batches(images, spec, args.batch_size, teacher)
+    labelled = make_batches(images, spec, batch_size, labels=labels)
+    guided = make_batches(images, spec, batch_size, teacher)
 
     def snip():
-        prune_loop(student(), SNIP(CrossEntropy()), labelled, args.sparsity)
+        prune_loop(student(), SNIP(CrossEntropy()), labelled, sparsity)
 
     def lnpt():
-        batches = make_batches(images, spec, args.batch_size, teacher)
-        prune_loop(student(), LNPT(objective), batches, args.sparsity)
+        batches = make_batches(images, spec, batch_size, teacher)
+        prune_loop(student(), LNPT(objective), batches, sparsity)
 
     def lnpt_score_only():
-        prune_loop(student(), LNPT(objective), guided, args.sparsity)
+        prune_loop(student(), LNPT(objective), guided, sparsity)
 
     def synflow():
-        prune_loop(student(), SynFlow(spec.shape), [], args.sparsity, rounds=args.synflow_rounds,
+        prune_loop(student(), SynFlow(spec.shape), [], sparsity, rounds=synflow_rounds,
                    min_layer_density=0.0)
 
     runs = {"snip": snip, "lnpt": lnpt, "lnpt_score_only": lnpt_score_only, "synflow": synflow}
     for fn in runs.values():  # warm-up: allocator, lazy imports
         fn()
     seconds: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(args.repeats):  # interleaved, so drifts in machine load hit all alike
+    for _ in range(repeats):  # interleaved, so drifts in machine load hit all alike
         for name, fn in runs.items():
             started = time.perf_counter()
             fn()
@@ -97,19 +107,23 @@ def run(args: argparse.Namespace) -> int:
         "lnpt_score_only_over_snip": median["lnpt_score_only"] / median["snip"],
         "synflow_over_snip": median["synflow"] / median["snip"],
         "median_seconds": median,
-        "model": args.model, "teacher_model": args.teacher_model or args.model, "samples": len(images),
-        "batch_size": args.batch_size, "sparsity": args.sparsity, "synflow_rounds": args.synflow_rounds,
-        "repeats": args.repeats, "threads": args.threads, "target_lnpt_over_snip": 1.3,
+        "model": model, "teacher_model": teacher_model, "samples": len(images),
+        "batch_size": batch_size, "sparsity": sparsity, "synflow_rounds": synflow_rounds,
+        "repeats": repeats, "threads": threads, "target_lnpt_over_snip": 1.3,
     }
-    text = "\n".join([
-        f"pruning {args.model} to {args.sparsity:.0%} with {len(images)} Fashion-MNIST samples "
-        f"(batch {args.batch_size}, {args.threads} thread(s), median of {args.repeats})",
+    return result
+
+
+def format_result(result: dict) -> str:
+    median = result["median_seconds"]
+    synflow = f"SynFlow, {result['synflow_rounds']} rounds"
+    return "\n".join([
+        f"pruning {result['model']} to {result['sparsity']:.0%} with {result['samples']} Fashion-MNIST samples "
+        f"(batch {result['batch_size']}, {result['threads']} thread(s), median of {result['repeats']})",
         f"{'SNIP with labels':<36} {median['snip']:8.3f} s   1.00x",
         f"{'LNPT incl. teacher targets':<36} {median['lnpt']:8.3f} s   {result['lnpt_over_snip']:.2f}x  (target <= 1.3x)",
         f"{'LNPT, targets already fetched':<36} {median['lnpt_score_only']:8.3f} s   "
         f"{result['lnpt_score_only_over_snip']:.2f}x",
-        f"{f'SynFlow, {args.synflow_rounds} rounds':<36} {median['synflow']:8.3f} s   "
+        f"{synflow:<36} {median['synflow']:8.3f} s   "
         f"{result['synflow_over_snip']:.2f}x",
     ])
-    emit(args, result, text)
-    return 0
