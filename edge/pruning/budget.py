@@ -132,6 +132,13 @@ def prune_to_budget(model: Classifier, budget: Budget, objective: Objective | No
     return report
 
 
+def format_step(row: dict[str, Any]) -> str:
+    """One line per measured step, as progress output shows it."""
+    latency = f", {row['latency_ms']:.3f} ms" if row["latency_ms"] is not None else ""
+    return (f"budget step {row['step']}: {row['ratio']:.0%} of channels removed, {row['macs']:,} MACs, "
+            f"{row['params']:,} params{latency}{' - met' if row['met'] else ''}")
+
+
 def what_stays(model: Classifier, example: torch.Tensor, largest: int = 3) -> dict[str, Any]:
     """Where the remaining MACs are: the share in layers whose output width pruning keeps (the
     classifier and the penultimate features the teacher expects), and the largest layers."""

@@ -5,6 +5,7 @@ separate functions so benchmarks can time them one by one.
 """
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any, Sequence
 
@@ -24,6 +25,13 @@ def scorer_class(score: str) -> type[scorers.Scorer]:
     if score not in scorers.SCORERS:
         raise PruneError(f"unknown score {score!r}; choose one of {', '.join(scorers.SCORERS)}")
     return scorers.SCORERS[score]
+
+
+def prunes_channels(prune_config) -> bool:
+    """Whether a run removes channels: a fixed ratio (prune.structured) or a budget (prune.target_*)."""
+    from lnpt.edge.pruning.budget import Budget
+
+    return prune_config.structured > 0 or Budget.from_config(prune_config) is not None
 
 
 def resolve_objective(score: str, objective: str, structured: bool) -> str | None:
@@ -81,13 +89,23 @@ def make_scorer(score: str, objective: Objective | None, input_shape: Sequence[i
 
 def prune_student(model: ZooNet, batches: list[tuple[torch.Tensor, Targets]], prune_config,
                   objective: Objective | None, input_spec: InputSpec, progress: bool = False) -> dict[str, Any]:
-    """Channel-prune (if prune.structured > 0), then score and mask `model` in place to
-    prune.sparsity. Returns the density report with the settings and timings."""
+    """Channel-prune (to prune.structured, or progressively to the prune.target_* budget), then
+    score and mask `model` in place to prune.sparsity. Returns the density report with the
+    settings and timings."""
+    from lnpt.edge.pruning.budget import Budget, format_step, prune_to_budget
+
     cfg = prune_config
     details: dict[str, Any] = {"score": cfg.score, "target_sparsity": cfg.sparsity, "scope": cfg.scope,
                                "samples": sum(len(x) for x, _ in batches), "structured": None}
     example = torch.zeros((1, *input_spec.shape), device=next(model.parameters()).device)
-    if cfg.structured > 0:
+    budget = Budget.from_config(cfg)
+    if budget is not None:
+        if cfg.structured > 0:
+            raise PruneError("prune.structured (a fixed channel ratio) and a budget (prune.target_*) exclude "
+                             "each other; set one of them")
+        show = (lambda row: tqdm.write(format_step(row), file=sys.stderr)) if progress else (lambda row: None)
+        details["structured"] = prune_to_budget(model, budget, objective, batches, input_spec, on_step=show)
+    elif cfg.structured > 0:
         from lnpt.edge.pruning.structured import prune_channels
 
         if objective is None:
