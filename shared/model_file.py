@@ -71,13 +71,7 @@ class ModelFile:
         A channel-pruned model (`extra["structured"]`) is rebuilt at full width and then narrowed
         to the shapes stored in its state dict.
         """
-        try:
-            spec = ModelSpec.parse(self.arch).without_weights()
-            model = build_model(spec, self.num_classes, self.input_spec, feature_node=self.feature_node,
-                                announce=False)
-        except ModelError as exc:
-            raise ModelFileError(f"cannot rebuild model {self.arch!r}: {exc}") from exc
-        model.spec = self.arch  # keep the pretrained origin in the name
+        model = self.architecture()
         if self.extra.get("structured"):
             narrow_to_state_dict(model, self.state_dict)
         if load_weights:
@@ -87,6 +81,17 @@ class ModelFile:
                 raise ModelFileError(f"weights do not fit architecture {self.arch!r}: {exc}") from exc
         return model
 
+    def architecture(self) -> Classifier:
+        """The untrained full-width network of this file's spec (pretrained weights are never fetched:
+        the state dict holds them)."""
+        try:
+            spec = ModelSpec.parse(self.arch).without_weights()
+            model = build_model(spec, self.num_classes, self.input_spec, feature_node=self.feature_node,
+                                announce=False)
+        except ModelError as exc:
+            raise ModelFileError(f"cannot rebuild model {self.arch!r}: {exc}") from exc
+        model.spec = self.arch  # keep the pretrained origin in the name
+        return model
 
 def save_model(
     path: str | os.PathLike,

@@ -67,7 +67,7 @@ class TargetSource:
         return next(iter(self.stream([images])))
 
     def check_student(self, input_shape: Sequence[int], num_classes: int, feature_dim: int,
-                      projector: bool = False) -> None:
+                      projector: bool = False, lambda_kd: float = 1.0) -> None:
         """Refuse a teacher whose inputs, classes or (without a projector) feature width differ.
 
         Only the input *shape* must match: images travel as uint8 pixels and each side normalises
@@ -78,9 +78,10 @@ class TargetSource:
         if list(info.input_shape) != list(input_shape):
             raise TeacherMismatch(f"{name} takes images {tuple(info.input_shape)} (C, H, W) but the student "
                                   f"takes {tuple(input_shape)}; prune/train a student for the teacher's input")
-        if info.num_classes != num_classes:
+        if info.num_classes != num_classes and lambda_kd > 0:
             raise TeacherMismatch(f"{name} has {info.num_classes} classes, the student {num_classes}; "
-                                  f"logit distillation needs the same classes")
+                                  f"logit distillation needs the same classes (objective.lambda_kd = 0 "
+                                  f"learns from the features only)")
         if info.feature_dim != feature_dim and not projector:
             raise TeacherMismatch(f"{name} has {info.feature_dim} penultimate features, the student "
                                   f"{feature_dim}; use a student of the same width or enable a projector")
