@@ -104,11 +104,12 @@ def raw_forward(checkpoint: str, batch: int, seconds: float, warmup: float) -> d
     end_warmup = time.perf_counter() + warmup
     while time.perf_counter() < end_warmup:
         teacher.targets(images)
-    count, start = 0, time.perf_counter()
+    count, start, cpu_start = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         teacher.targets(images)
         count += batch
-    return {"samples_per_s": count / (time.perf_counter() - start), "pinned": pinned}
+    return {"samples_per_s": count / (time.perf_counter() - start),
+            "samples_per_cpu_s": count / (time.process_time() - cpu_start), "pinned": pinned}
 
 
 def measure_raw(checkpoint: str, batch: int, seconds: float, warmup: float) -> dict:
@@ -192,6 +193,30 @@ def profile(before: dict, after: dict, client_mean_ms: float) -> dict:
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc); 0 where it cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds so far of each thread of a process, summed by thread name (Linux /proc)."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        name = "main (event loop)" if task.name == str(pid) else name
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def rss_bytes(pid: int) -> int:
     """Resident memory of a process (Linux /proc); 0 where it cannot be read."""
     try:
@@ -256,12 +281,19 @@ async def drive(address: str, streams: int, images, seconds: float, warmup: floa
             while await call.read() is not grpc.aio.EOF:
                 pass
 
+    server_cpu: list[float] = []
+    threads: list[dict[str, float]] = []
+
     async def observe() -> tuple[dict, dict]:
         await asyncio.sleep(max(0.0, measure_from - loop.time()))
         before = await loop.run_in_executor(None, scrape, metrics_port) if metrics_port else {}
+        server_cpu.append(cpu_seconds(server_pid) if server_pid else 0.0)
+        threads.append(thread_cpu_seconds(server_pid) if metrics_port and server_pid else {})
         await asyncio.sleep(max(0.0, stop_at - loop.time() - 0.05))
         if server_pid:  # every stream is open and busy now
             rss_open.append(rss_bytes(server_pid))
+            server_cpu.append(cpu_seconds(server_pid))
+            threads.append(thread_cpu_seconds(server_pid) if metrics_port else {})
         after = await loop.run_in_executor(None, scrape, metrics_port) if metrics_port else {}
         return before, after
 
@@ -270,11 +302,18 @@ async def drive(address: str, streams: int, images, seconds: float, warmup: floa
     result = {"samples_per_s": samples / seconds, "requests": len(latencies), "window": window,
               "p50_ms": 1000 * percentile(latencies, 0.50), "p99_ms": 1000 * percentile(latencies, 0.99),
               "mean_ms": 1000 * sum(latencies) / len(latencies) if latencies else float("nan")}
+    if len(server_cpu) == 2 and server_cpu[1] > server_cpu[0]:  # what the server spent, whatever else ran
+        result["samples_per_server_cpu_s"] = samples * (seconds - 0.05) / seconds / (server_cpu[1] - server_cpu[0])
     if server_pid and rss_idle and rss_open:
         result["server_rss_mb"] = rss_open[0] / 2**20
         result["rss_per_stream_kb"] = (rss_open[0] - rss_idle) / streams / 1024
     if metrics_port:
         result["profile"] = profile(before, after, result["mean_ms"])
+        if len(threads) == 2 and result["profile"]:  # where the server's CPU went, per answered request
+            requests = result["profile"]["profiled_requests"]
+            result["profile"]["cpu_ms_per_request"] = {
+                name: 1000 * (threads[1][name] - threads[0].get(name, 0.0)) / requests
+                for name in sorted(threads[1]) if threads[1][name] > threads[0].get(name, 0.0)}
     return result
 
 
@@ -332,6 +371,8 @@ def benchmark(checkpoint: str | None, batch: int, seconds: float, warmup: float,
         served = {}
         try:
             info = teacher_info(server.address)
+            # Warm the server first (allocator, first forwards), so memory per stream is the streams' own.
+            asyncio.run(drive(server.address, 4, images, min(1.0, seconds), 0.0, 2))
             for streams in STREAM_COUNTS:
                 served[str(streams)] = asyncio.run(drive(
                     server.address, streams, images, seconds, warmup, window or window_for(info, streams, per_request),
@@ -350,9 +391,15 @@ def benchmark(checkpoint: str | None, batch: int, seconds: float, warmup: float,
         "served": served,
         "wire_bytes_per_sample": wire_bytes(record.input_spec.shape, per_request, net.feature_dim, net.num_classes),
     }
+    raw_cpu = max(run["samples_per_cpu_s"] for run in raw_runs)
+    result["raw_samples_per_cpu_s"] = raw_cpu
     for streams in STREAM_COUNTS:
         key = f"ratio_{streams}_stream" + ("s" if streams > 1 else "")
         result[key] = served[str(streams)]["samples_per_s"] / raw["samples_per_s"]
+        # On a shared machine other work steals wall-clock time from one side or the other; samples per
+        # CPU-second of the server process vs of the raw forward compare the cost of serving alone.
+        if "samples_per_server_cpu_s" in served[str(streams)]:
+            result[f"cpu_{key}"] = served[str(streams)]["samples_per_server_cpu_s"] / raw_cpu
     return result
 
 
@@ -377,14 +424,17 @@ def table(r: dict) -> str:
         p = s.get("profile")
         if p:
             lines.append(f"profile, {streams} stream(s), ms per request: " + ", ".join(
-                f"{key[:-3]} {p[key]:.2f}" for key in p if key.endswith("_ms"))
-                + f"; mean batch {p.get('mean_batch', 0):.1f}, forward/batch {p.get('forward_per_batch_ms', 0):.2f} ms")
+                f"{key[:-3]} {p[key]:.2f}" for key in p if key.endswith("_ms") and "per_batch" not in key)
+                + f"; mean batch {p.get('mean_batch', 0):.1f}, forward/batch {p.get('forward_per_batch_ms', 0):.2f} ms; "
+                "server CPU ms per request by thread: "
+                + ", ".join(f"{name} {ms:.3f}" for name, ms in p.get("cpu_ms_per_request", {}).items()))
     w = r["wire_bytes_per_sample"]
     lines += [
         f"request bytes/sample: uint8 {w['request_uint8']:.0f}, float32 {w['request_float32']:.0f} "
         f"({w['request_float32_over_uint8']:.2f}x)",
         f"response bytes/sample: float16 {w['response_float16']:.0f}, float32 {w['response_float32']:.0f}",
-        f"ratio with 16 streams: {r['ratio_16_streams']:.3f} (target >= 0.9)",
+        f"ratio with 16 streams: {r['ratio_16_streams']:.3f} (target >= 0.9); per CPU-second of the server: "
+        + ", ".join(f"{k[4:]} {v:.3f}" for k, v in r.items() if k.startswith("cpu_ratio")),
     ]
     return "\n".join(lines)
 

@@ -27,7 +27,8 @@ def register(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=60, help="measured steps per mode and round (default 60)")
     p.add_argument("--rounds", type=int, default=3, help="alternating supervised/guided rounds (default 3)")
     p.add_argument("--warmup", type=int, default=10, help="unmeasured steps first (default 10)")
-    p.add_argument("--prefetch", type=int, default=4, help="batches requested ahead (client.prefetch)")
+    p.add_argument("--prefetch", type=int, default=0, help="batches requested ahead (client.prefetch; default 0: "
+                   "sized from round trip and step time)")
     add_format_option(p)
     p.set_defaults(handler=run)
 
