@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from lnpt.shared.preprocess import Preprocess
 from lnpt.shared.model_file import ModelFileError, ModelFile, load_model, save_model
 from lnpt.shared.models import Classifier, InputSpec
 
@@ -82,12 +83,13 @@ def sparsity(model: nn.Module) -> float:
 
 
 def save_student(path: str | os.PathLike, model: Classifier, *, input_spec: InputSpec, class_names: list[str],
-                 teacher_version: str = "", structured: bool = False, extra: dict[str, Any] | None = None) -> ModelFile:
+                 teacher_version: str = "", structured: bool = False, extra: dict[str, Any] | None = None,
+                 preprocess: Preprocess | None = None) -> ModelFile:
     """Save a (possibly masked, possibly channel-pruned) student atomically."""
     info = {"teacher_version": teacher_version, "masks": current_masks(model), "structured": structured,
             **(extra or {})}
     return save_model(path, model, kind="student", input_spec=input_spec, class_names=class_names,
-                      extra=info, state_dict=plain_state_dict(model))
+                      extra=info, state_dict=plain_state_dict(model), preprocess=preprocess)
 
 
 def load_student(path: str | os.PathLike) -> tuple[Classifier, ModelFile]:
@@ -118,13 +120,15 @@ class Student:
     extra: dict[str, Any] = field(default_factory=dict)
     version: str = ""
     path: Path | None = None
+    preprocess: Preprocess | None = None  # how raw images become input (None: the input spec's default)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Student":
         model, record = load_student(path)
         extra = {k: v for k, v in record.extra.items() if k not in ("masks", "teacher_version", "structured")}
         return cls(model, record.input_spec, record.class_names, record.extra.get("teacher_version", ""),
-                   {**extra, "structured": bool(record.extra.get("structured"))}, record.version, Path(path))
+                   {**extra, "structured": bool(record.extra.get("structured"))}, record.version, Path(path),
+                   record.preprocess)
 
     @property
     def sparsity(self) -> float:
@@ -135,6 +139,6 @@ class Student:
         extra = {k: v for k, v in self.extra.items() if k != "structured"}
         record = save_student(path, self.model, input_spec=self.input_spec, class_names=self.class_names,
                               teacher_version=self.teacher_version, structured=bool(self.extra.get("structured")),
-                              extra=extra)
+                              extra=extra, preprocess=self.preprocess)
         self.version, self.path = record.version, Path(path)
         return self

@@ -26,6 +26,7 @@ import inspect
 import logging
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -115,6 +116,22 @@ def parse_size(text: str | int) -> int | tuple[int, int]:
 
 # --- the common model interface ------------------------------------------------------------------
 
+_CAPTURE = threading.local()  # .slot: the calling thread's list of captured features, or None
+_HOOK_LOCK = threading.Lock()
+
+
+def _capture_input(_module, args) -> None:
+    slot = getattr(_CAPTURE, "slot", None)
+    if slot is not None:
+        slot.append(args[0])
+
+
+def _capture_output(_module, _args, out) -> None:
+    slot = getattr(_CAPTURE, "slot", None)
+    if slot is not None:
+        slot.append(out)
+
+
 class Classifier(nn.Module):
     """A classifier whose penultimate features are read at a named module (see the module docstring).
 
@@ -145,18 +162,35 @@ class Classifier(nn.Module):
         """Prefix of the wrapped network's module names inside this model ("" or "net.")."""
         return ""
 
+    def install_feature_hook(self) -> None:
+        """Put the capturing hook on the feature node once (again after the node changes)."""
+        node = self.feature_node or self.head_name
+        if getattr(self, "_hooked_node", None) == node:
+            return
+        with _HOOK_LOCK:
+            if getattr(self, "_hooked_node", None) == node:
+                return
+            if getattr(self, "_hook_handle", None) is not None:
+                self._hook_handle.remove()
+            if self.feature_node:
+                module = self.submodule(self.network_prefix + self.feature_node)
+                self._hook_handle = module.register_forward_hook(_capture_output)
+            else:
+                self._hook_handle = self.head.register_forward_pre_hook(_capture_input)
+            self._hooked_node = node
+
     def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(penultimate features (N, D), logits (N, K)) from one forward pass."""
-        captured: list[torch.Tensor] = []
-        if self.feature_node:
-            module = self.submodule(self.network_prefix + self.feature_node)
-            handle = module.register_forward_hook(lambda _m, _args, out: captured.append(out))
-        else:
-            handle = self.head.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+        """(penultimate features (N, D), logits (N, K)) from one forward pass.
+
+        Thread-safe: the server's batcher threads share one teacher. One hook stays on the feature
+        node and fills a per-thread list, so concurrent passes never see each other's features (and
+        no thread edits the module's hook table while another iterates it)."""
+        self.install_feature_hook()
+        _CAPTURE.slot = captured = []
         try:
             logits = self(x)
         finally:
-            handle.remove()
+            _CAPTURE.slot = None
         if len(captured) != 1:
             where = self.feature_node or f"the input of {self.head_name}"
             raise ModelError(f"feature node {where} ran {len(captured)} times in one forward pass; "
@@ -336,6 +370,7 @@ def build_model(spec: str | ModelSpec, num_classes: int = 10, input_spec: InputS
         raise ModelError(f"{parsed} returns {model.num_classes} logits, but {num_classes} classes were asked for "
                          "and it has no final Linear to re-head; build it with the right class count")
     model.notes = notes
+    model.input_spec = input_spec
     for note in notes if announce else ():
         log.warning("%s: %s", parsed, note)
     return model
@@ -509,3 +544,39 @@ def describe(model: Classifier) -> dict:
     """What identifies a built model in reports and model files."""
     return {"spec": model.spec, "feature_node": model.feature_node, "head": model.head_name,
             "feature_dim": model.feature_dim, "num_classes": model.num_classes}
+
+
+def input_spec_from_config(section, base: InputSpec) -> InputSpec:
+    """`base` (the teacher's input) with a [model] section's `input_size` and `channels` applied.
+
+    Mean and std follow the channel count: one channel from an RGB teacher takes the mean of the
+    three, three channels from a grey teacher repeat it. The teacher resizes what it receives to its
+    own input (see `lnpt.shared.teacher_model`), so the student may run at any size.
+    """
+    channels = section.channels or base.channels
+    size = parse_size(section.input_size) if section.input_size else base.size
+    mean, std = base.mean, base.std
+    if channels != base.channels:
+        mean, std = ((sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels)
+    try:
+        return InputSpec(channels, size, mean, std)
+    except ValueError as exc:
+        raise ModelError(f"model.input_size / model.channels: {exc}") from exc
+
+
+def model_from_config(section, default_spec: str, num_classes: int, input_spec: InputSpec) -> Classifier:
+    """Build the model a [model] section describes (its spec, else `default_spec`; its class count,
+    else `num_classes`), with its weights file and feature node."""
+    spec = section.spec or default_spec
+    if not spec:
+        raise ModelError("no model spec: give --model (model.spec), or a teacher whose architecture to copy")
+    return build_model(spec, section.num_classes or num_classes, input_spec,
+                       weights=section.weights or None, feature_node=section.feature_node)
+
+
+def check_classes(student_classes: int, teacher_classes: int, lambda_kd: float) -> None:
+    """Logit distillation needs the teacher's classes; features alone (lambda_kd = 0) do not."""
+    if student_classes != teacher_classes and lambda_kd > 0:
+        raise ModelError(f"the student has {student_classes} classes and the teacher {teacher_classes}: logit "
+                         "distillation needs the same classes; set objective.lambda_kd = 0 to learn from the "
+                         "teacher's features only, or build the student with the teacher's class count")

@@ -174,3 +174,22 @@ def test_torchvision_weights_offline_name_the_file_and_folder_and_load_from_ther
     model = build_model("torchvision:resnet18:IMAGENET1K_V1", 10, RGB64)
     assert torch.equal(model.net.conv1.weight, weights["conv1.weight"])
     assert model.spec == "torchvision:resnet18:IMAGENET1K_V1" and model.head.out_features == 10
+
+
+def test_features_are_captured_per_thread():
+    """The server's batcher threads share one teacher: concurrent passes never mix their features."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from lnpt.shared.models import InputSpec, build_model
+
+    torch.manual_seed(0)
+    model = build_model("lenet5", 10, InputSpec(1, 28, (0.5,), (0.5,))).eval()
+    inputs = [torch.randn(3 + i, 1, 28, 28) for i in range(8)]
+    with torch.no_grad():
+        expected = [model.features_and_logits(x)[0] for x in inputs]
+        with ThreadPoolExecutor(8) as pool:
+            for _ in range(5):
+                got = list(pool.map(lambda x: model.features_and_logits(x)[0], inputs))
+                assert all(torch.equal(a, b) for a, b in zip(got, expected))

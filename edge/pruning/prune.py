@@ -20,7 +20,8 @@ from lnpt.edge.student import Student
 from lnpt.edge.teachers import TargetSource, opened_teacher
 from lnpt.shared.config import Config, updated
 from lnpt.shared.data import FASHION_MNIST_CLASSES, FASHION_MNIST_SPEC, UnlabeledImageFolder, load_fashion_mnist
-from lnpt.shared.models import Classifier, InputSpec, build_model
+from lnpt.shared.models import Classifier, InputSpec, check_classes, input_spec_from_config, model_from_config
+from lnpt.shared.preprocess import Preprocess
 
 
 @dataclass
@@ -71,13 +72,20 @@ def prune(student: str | Classifier | None = None, teacher: TargetSource | str |
     notes: list[str] = []
     with opened_teacher(teacher if needs_teacher else False, config.client) as source:
         spec, class_names = student_shape(source, config)
-        model = student_model(student or config.model.spec or None, source, spec, len(class_names), cfg.seed)
+        spec = input_spec_from_config(config.model, spec)  # [model] input_size/channels; the teacher resizes
+        preprocess = Preprocess.from_config(spec, config.data)  # how the device's raw images become input
+        model = student_model(student or config.model.spec or None, source, spec, len(class_names), cfg.seed,
+                              config.model)
+        spec = getattr(model, "input_spec", spec)  # a model built by the caller keeps its own input
+        if model.num_classes != len(class_names):
+            check_classes(model.num_classes, len(class_names), config.objective.lambda_kd)
+            class_names = [str(i) for i in range(model.num_classes)]
         objective = pipeline.build_objective(objective_kind, config.objective, model.feature_dim,
                                              source.feature_dim if source else None)
         batches = []
         if objective is not None:
             wanted = cfg.samples or 10 * len(class_names)
-            samples, labels = load_samples(images, spec, wanted, cfg.seed, config.data.root,
+            samples, labels = load_samples(images, preprocess, wanted, cfg.seed, config.data,
                                            with_labels=objective_kind == "cross-entropy")
             if len(samples) < wanted:
                 notes.append(f"scored with {len(samples)} images, fewer than the {wanted} asked for: "
@@ -89,7 +97,7 @@ def prune(student: str | Classifier | None = None, teacher: TargetSource | str |
                       teacher_version=source.version if source else "", data=data_name(images), notes=notes)
     result = PruneResult(Student(model, spec, class_names, report["teacher_version"],
                                  {"prune": {k: v for k, v in report.items() if k != "weights_per_layer"},
-                                  "structured": cfg.structured > 0}), report, notes=notes)
+                                  "structured": cfg.structured > 0}, preprocess=preprocess), report, notes=notes)
     if out is not None:
         write_results(result, out)
     return result
@@ -115,17 +123,17 @@ def student_shape(source: TargetSource | None, config: Config) -> tuple[InputSpe
 
 
 def student_model(student: str | Classifier | None, source: TargetSource | None, spec: InputSpec,
-                  num_classes: int, seed: int) -> Classifier:
+                  num_classes: int, seed: int, model_config) -> Classifier:
     if isinstance(student, torch.nn.Module):
         return student
     arch = student or (source.arch if source else None)
     if not arch:
         raise PruneError("a student model is needed when no teacher is given (--model)")
     torch.manual_seed(seed)
-    return build_model(arch, num_classes, spec)
+    return model_from_config(model_config, arch, num_classes, spec)
 
 
-def load_samples(images, spec: InputSpec, wanted: int, seed: int, data_root: str, with_labels: bool):
+def load_samples(images, spec, wanted: int, seed: int, data_config, with_labels: bool):
     """`wanted` seeded random uint8 images (and labels only for the supervised baselines)."""
     if isinstance(images, torch.Tensor):
         if with_labels:
@@ -136,9 +144,9 @@ def load_samples(images, spec: InputSpec, wanted: int, seed: int, data_root: str
         if with_labels:
             raise PruneError(f"cross-entropy needs labels, and {images} is read without labels; use "
                              "--objective learning-gap, or the default Fashion-MNIST data")
-        dataset = UnlabeledImageFolder(images, spec)
-        return torch.stack([dataset[int(i)] for i in pipeline.pick_samples(len(dataset), wanted, seed)]), None
-    train_x, train_y = load_fashion_mnist(train=True, root=data_root or None)
+        dataset = UnlabeledImageFolder.from_config(Path(images), spec, data_config)
+        return dataset.take(pipeline.pick_samples(len(dataset), wanted, seed).tolist()), None  # bad files skipped
+    train_x, train_y = load_fashion_mnist(train=True, root=data_config.root or None)
     chosen = pipeline.pick_samples(len(train_x), wanted, seed)
     return train_x[chosen], (train_y[chosen] if with_labels else None)
 

@@ -120,8 +120,8 @@ def image_source(images, student: Student, config: Config) -> ImageSource:
         return images
     if isinstance(images, torch.Tensor):
         return ImageSource(adapt(images, student.input_spec), student.input_spec, f"tensor of {len(images)} images")
-    return ImageSource.open(str(images) if images is not None else None, student.input_spec,
-                            config.data.root or None)
+    return ImageSource.open(str(images) if images is not None else None, student.preprocess or student.input_spec,
+                            config.data.root or None, config.data)
 
 
 def offline_cache(config: Config, version: str, images: ImageSource):
