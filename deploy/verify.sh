@@ -23,7 +23,7 @@
 #                        CPU-only index download.pytorch.org/whl/cpu, unreachable from some machines)
 #   LNPT_STORAGE_DRIVER  podman storage driver (overlay; vfs also works but copies every layer in full)
 #   LNPT_PYTHON          host Python with lnpt installed, for the teacher, the data and the checks (.venv)
-#   LNPT_VERIFY_IMAGES   unlabeled images per edge client (1600); LNPT_VERIFY_TRAIN_ARGS their training flags
+#   LNPT_VERIFY_IMAGES   unlabeled images per edge client (1600); LNPT_VERIFY_JOB_ARGS their `lnpt edge run` flags
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -34,7 +34,7 @@ base_image=${LNPT_BASE_IMAGE:-localhost/lnpt-base:bookworm}
 torch_index=${LNPT_TORCH_INDEX:-https://pypi.org/simple}
 storage_driver=${LNPT_STORAGE_DRIVER:-overlay}
 images_per_client=${LNPT_VERIFY_IMAGES:-1600}
-train_args=${LNPT_VERIFY_TRAIN_ARGS:---epochs 6 --batch-size 32 --threads 1}
+job_args=${LNPT_VERIFY_JOB_ARGS:---set train.epochs=6 --set train.batch_size=32 --set train.threads=1 --format json}
 cloud=localhost/lnpt-cloud:verify
 edge=localhost/lnpt-edge:verify
 guidance=localhost/lnpt-guidance:verify
@@ -94,7 +94,8 @@ if ! engine image exists "$base_image"; then
     say "making the local Debian base image with mmdebstrap"
     nice -n 10 mmdebstrap --variant=minbase --include=python3,python3-venv,python-is-python3,passwd,ca-certificates \
       bookworm "$work/base.tar" http://deb.debian.org/debian "deb http://deb.debian.org/debian-security bookworm-security main"
-    engine import --change 'ENV LANG=C.UTF-8' --change 'CMD ["python3"]' "$work/base.tar" "$base_image"
+    engine import --change 'ENV LANG=C.UTF-8' --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+      --change 'CMD ["python3"]' "$work/base.tar" "$base_image"
   else
     engine pull "$base_image"
   fi
@@ -218,14 +219,14 @@ note "- token: GetTeacherInfo without a token over TLS: $no_token"
 edge_container() {  # NAME: the edge image's job against the cloud container, as in compose.yaml
   engine run -d --name "lnpt-verify-$1" --network lnpt-verify \
     -e LNPT_CONFIG=/etc/lnpt/edge.toml -e LNPT_TEACHER=cloud:50051 -e LNPT_DATA=/data -e LNPT_WORK=/work \
-    -e "LNPT_TRAIN_ARGS=$train_args" -e OMP_NUM_THREADS=1 \
+    -e "LNPT_JOB_ARGS=$job_args" -e OMP_NUM_THREADS=1 \
     -v "$work/edge.toml:/etc/lnpt/edge.toml:ro" -v "$work/certs/ca.pem:/etc/lnpt/tls/ca.pem:ro" \
     -v "$work/secrets/edge.token:/etc/lnpt/edge.token:ro" -v "$work/data/$1:/data:ro" -v "$work/jobs/$1:/work" \
     "$edge" > /dev/null
 }
 metric() { curl -sf "http://127.0.0.1:$metrics_port/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
 
-say "two edge containers at once: prune -> train ($train_args) -> export"
+say "two edge containers at once: lnpt edge run $job_args"
 (while :; do metric lnpt_open_streams; sleep 0.5; done > "$work/logs/open_streams.txt" 2>/dev/null) &
 metrics_poller=$!
 start=$(date +%s)
@@ -242,9 +243,22 @@ peak=$(sort -g "$work/logs/open_streams.txt" | tail -1)
 served=$(metric lnpt_samples_served_total)
 for client in edge-a edge-b; do
   [ -f "$work/jobs/$client/student.onnx" ] || fail "$client wrote no student.onnx"
-  steps=$("$py" -c 'import json, sys; print(next(json.loads(l)["steps"] for l in open(sys.argv[1]) if l.startswith("{\"steps\"")))' \
-    "$work/logs/$client.log" 2>/dev/null || echo "?")
-  note "- $client: exit 0; trained $steps steps on $images_per_client Fashion-MNIST $( [ "$client" = edge-a ] && echo train || echo test ) images; wrote student.onnx ($(mib "$(stat -c %s "$work/jobs/$client/student.onnx")"))"
+  # The job's JSON result (--format json) is the log line with its "stages".
+  job=$("$py" - "$work/logs/$client.log" <<'EOF'
+import json, sys
+for line in open(sys.argv[1]):
+    try:
+        result = json.loads(line)
+    except ValueError:
+        continue
+    if isinstance(result, dict) and "stages" in result:
+        train = result["train"] or {}
+        print(", ".join(f"{k} {v}" for k, v in result["stages"].items()),
+              f"- {train.get('steps')} steps, {train.get('samples')} samples, sparsity {result['sparsity']:.2f}")
+EOF
+)
+  [ -n "$job" ] || fail "$client printed no job result"
+  note "- $client: exit 0 on $images_per_client Fashion-MNIST $( [ "$client" = edge-a ] && echo train || echo test ) images: $job; student.onnx $(stat -c %s "$work/jobs/$client/student.onnx") bytes"
 done
 [ "${peak%.*}" -ge 2 ] || fail "the server never had both clients' streams open (peak lnpt_open_streams $peak)"
 note "- both clients in ${elapsed} s; server metrics while they ran: lnpt_open_streams peaked at ${peak%.*}, lnpt_samples_served_total ${served%.*} at the end"
@@ -270,11 +284,12 @@ say "podman kube play of deploy/k8s (image names and the edge pod's hostPath rep
 nice -n 10 podman --root "$work/storage" --runroot "$work/run" --storage-driver "$storage_driver" --runtime runc \
   build --format docker -f "$context/deploy/docker/teacher.Dockerfile" --build-arg "BASE=$cloud" -t "$guidance" \
   "$work/models" > "$work/logs/build-teacher.log" 2>&1 || fail "building $guidance"
-# kube play reads Secret volumes from podman secrets that hold a Secret object.
+# kube play reads Secret volumes from podman secrets that hold a Secret object. podman 4.3 writes the
+# values of `data` without base64-decoding them and ignores `stringData`, so the files go in as text.
 secret() {  # NAME KEY FILE [KEY FILE ...]
   local name=$1; shift
   { printf 'apiVersion: v1\nkind: Secret\nmetadata:\n  name: %s\ndata:\n' "$name"
-    while [ $# -gt 0 ]; do printf '  %s: %s\n' "$1" "$(base64 -w0 < "$2")"; shift 2; done; } > "$work/kube/secret-$name.yml"
+    while [ $# -gt 0 ]; do printf '  %s: |\n' "$1"; sed 's/^/    /' "$2"; shift 2; done; } > "$work/kube/secret-$name.yml"
   engine secret rm "$name" > /dev/null 2>&1 || true
   engine secret create "$name" "$work/kube/secret-$name.yml" > /dev/null
 }
@@ -285,29 +300,43 @@ secret lnpt-edge-token edge.token "$work/secrets/edge.token"
   sed "s|^\(  *image:\) lnpt-guidance\$|\1 $guidance|" "$context/deploy/k8s/deployment.yaml"; } > "$work/kube/guidance.yaml"
 sed -e "s|^\(  *image:\) lnpt-edge\$|\1 $edge|" -e "s|^\(  *path:\) /srv/lnpt/images\$|\1 $work/data/edge-a|" \
   "$context/deploy/k8s/edge/pod.yaml" > "$work/kube/edge.yaml"
-diff "$context/deploy/k8s/edge/pod.yaml" "$work/kube/edge.yaml" > "$work/kube/edge.diff" || true
+changed=$( { diff "$context/deploy/k8s/deployment.yaml" "$work/kube/guidance.yaml" | grep -c '^>' || true; } )
+changed_edge=$( { diff "$context/deploy/k8s/edge/pod.yaml" "$work/kube/edge.yaml" | grep -c '^>' || true; } )
 engine network exists lnpt-kube || engine network create lnpt-kube > /dev/null
-# kube play has no Services: the alias gives the server pod the headless Service's DNS name.
-engine kube play --replace --network "lnpt-kube:alias=lnpt-guidance.lnpt.svc.cluster.local" "$work/kube/guidance.yaml" \
-  > "$work/logs/kube-guidance.log" 2>&1 || { cat "$work/logs/kube-guidance.log"; fail "kube play of the server"; }
-server=$(engine ps --format '{{.Names}}' | grep -- '-lnpt-serve$' | head -1)
-[ -n "$server" ] || { cat "$work/logs/kube-guidance.log"; fail "kube play started no lnpt-serve container"; }
-serving=""
-for _ in $(seq 120); do
-  if engine exec "$server" python /opt/lnpt/healthcheck.py > /dev/null 2>&1; then serving=yes; break; fi
-  sleep 1
+for file in "$work"/kube/guidance.yaml "$work"/kube/edge.yaml; do engine kube down "$file" > /dev/null 2>&1 || true; done
+# Volumes from ConfigMaps and Secrets are re-made from this run's files, emptyDirs start empty
+# (podman 4.3 names emptyDir volumes after the volume: `work` would keep the last run's files.)
+engine volume rm -f lnpt-guidance-config lnpt-guidance-tls lnpt-guidance-tokens lnpt-edge-config lnpt-edge-token work tmp > /dev/null 2>&1 || true
+# kube play has no Services: the alias gives the server pods the headless Service's DNS name.
+# It exits non-zero when a replica fails to start (see below); the pods that did start are checked.
+engine kube play --network "lnpt-kube:alias=lnpt-guidance.lnpt.svc.cluster.local" "$work/kube/guidance.yaml" \
+  > "$work/logs/kube-guidance.log" 2>&1 || true
+replicas=$("$py" -c 'import sys, yaml; print(next(d for d in yaml.safe_load_all(open(sys.argv[1])) if d["kind"] == "Deployment")["spec"]["replicas"])' "$work/kube/guidance.yaml")
+servers=$(engine ps -a --format '{{.Names}}' | grep -- '^lnpt-guidance-pod-.*-lnpt-serve$' | sort)
+[ -n "$servers" ] || { cat "$work/logs/kube-guidance.log"; fail "kube play created no lnpt-serve container"; }
+serving=0; refused=""
+sleep 5
+for server in $servers; do
+  ok=""
+  for _ in $(seq 120); do
+    [ "$(engine inspect --format '{{.State.Status}}' "$server")" = running ] || break
+    if engine exec "$server" python /opt/lnpt/healthcheck.py > /dev/null 2>&1; then ok=yes; break; fi
+    sleep 1
+  done
+  if [ -n "$ok" ]; then serving=$((serving + 1)); else refused="$refused $server"; fi
 done
-[ -n "$serving" ] || { engine logs "$server" | tail -20; fail "the kube-played server never became SERVING"; }
-pods=$(engine pod ps --format '{{.Name}}' | grep -c '^lnpt-guidance' || true)
-engine kube play --replace --network lnpt-kube "$work/kube/edge.yaml" > "$work/logs/kube-edge.log" 2>&1 \
+[ "$serving" -ge 1 ] || { tail -20 "$work/logs/kube-guidance.log"; fail "no kube-played server became SERVING"; }
+why=""
+[ -z "$refused" ] || why=" (not started:$refused: $(grep -o 'cannot listen on the TCP port: [^]]*' "$work/logs/kube-guidance.log" | head -1))"
+engine kube play --network lnpt-kube "$work/kube/edge.yaml" > "$work/logs/kube-edge.log" 2>&1 \
   || { cat "$work/logs/kube-edge.log"; fail "kube play of the edge pod"; }
-edge_pod=$(engine ps -a --format '{{.Names}}' | grep -- '-lnpt-edge-job$' | head -1)
 start=$(date +%s)
-code=$(engine wait "$edge_pod")
-engine logs "$edge_pod" > "$work/logs/kube-edge-job.log" 2>&1
+code=$(engine wait lnpt-edge-lnpt-edge-job)
+engine logs lnpt-edge-lnpt-edge-job > "$work/logs/kube-edge-job.log" 2>&1
 [ "$code" = 0 ] || { tail -30 "$work/logs/kube-edge-job.log"; fail "the kube-played edge pod exited with $code"; }
-grep -q "student.onnx" "$work/logs/kube-edge-job.log" || fail "the kube-played edge job wrote no ONNX file"
-note "- kube play: $pods server pod(s) from deployment.yaml SERVING (exec probe command), edge pod from edge/pod.yaml completed (exit 0) in $(( $(date +%s) - start )) s; overrides: $(grep -c '^>' "$work/kube/edge.diff") edge lines + 1 image line"
+stages=$(grep -o 'edge job: [^;]*' "$work/logs/kube-edge-job.log" | tail -1)
+echo "$stages" | grep -q "export done" || fail "the kube-played edge job did not export: $stages"
+note "- kube play (podman $(podman --version | awk '{print $3}')): deployment.yaml ($replicas replicas) + configmap.yaml: $serving server pod(s) SERVING by the image's exec probe command$why; edge/pod.yaml: exit 0 after $(( $(date +%s) - start )) s, $stages; lines changed: $changed in deployment.yaml (image), $changed_edge in edge/pod.yaml (image, hostPath)"
 engine kube down "$work/kube/edge.yaml" > /dev/null 2>&1 || true
 engine kube down "$work/kube/guidance.yaml" > /dev/null 2>&1 || true
 

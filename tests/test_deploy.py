@@ -2,8 +2,10 @@
 defaults, configs load, every COPY'd or mounted file exists or is made by gen-certs.sh, the systemd
 unit verifies, and the edge job and the health check run for real.
 
-No Docker engine or Kubernetes cluster runs here: Dockerfiles and manifests are checked statically
-(plus `kubectl kustomize` and `systemd-analyze verify` where those tools exist).
+These checks are static and fast (plus `kubectl kustomize` and `systemd-analyze verify` where those
+tools exist); tests/test_deploy_schemas.py validates the manifests and the Compose file against their
+schemas, and deploy/verify.sh (`make deploy-verify`, not part of `make test`) builds and runs the
+images for real with podman.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from support.servers import make_teacher, running_server
 
 from lnpt.cloud.certs import generate_test_pki
 from lnpt.cloud.process import free_port
-from lnpt.shared.cli import build_parser, main
+from lnpt.shared.cli import build_parser
 from lnpt.shared.config import ServerConfig, load_config
 from lnpt.shared.data import write_image_folder
 
@@ -127,8 +129,15 @@ def test_every_lnpt_command_line_in_deploy_exists():
     parses(["serve", *compose["services"]["cloud"]["command"]])
     container = k8s_objects()["Deployment"]["spec"]["template"]["spec"]["containers"][0]
     parses(["serve", *container["args"]])
-    # Extra flags handed to lnpt-edge-job, from compose and the systemd EnvironmentFile (examples too).
+    # lnpt-edge-job's own flags of `lnpt edge run`, and the extra ones handed to it by compose, the
+    # systemd EnvironmentFile (examples too) and the Kubernetes edge pod.
+    script = (DEPLOY / "bin" / "lnpt-edge-job").read_text()
+    assert re.search(r'^exec "\$\{LNPT_BIN:-lnpt\}" edge run ', script, re.M)
+    own = re.findall(r"args\+?=\((--[a-z-]+) ", script)
+    assert own == ["--work", "--config", "--data", "--teacher"], own
+    parses(["edge", "run", *[word for flag in own for word in (flag, "x")]])
     env_files = [compose["services"][name]["environment"] for name in ("edge-a", "edge-b")]
+    env_files.append({e["name"]: e["value"] for e in edge_pod()[1]["spec"]["containers"][0]["env"]})
     example = {}
     for line in (DEPLOY / "systemd" / "lnpt-edge.env").read_text().splitlines():
         key, sep, value = line.lstrip("#").partition("=")
@@ -136,9 +145,9 @@ def test_every_lnpt_command_line_in_deploy_exists():
             example[key] = shlex.split(value)[0] if value else ""
     env_files.append(example)
     for env in env_files:
-        parses(["prune", "--out", "s.pt", *shlex.split(env.get("LNPT_PRUNE_ARGS", ""))])
-        parses(["train", "--student", "s.pt", *shlex.split(env.get("LNPT_TRAIN_ARGS", ""))])
-        parses(["export", "--student", "s.pt", "--out", "s.onnx", *shlex.split(env.get("LNPT_EXPORT_ARGS", ""))])
+        assert not {"LNPT_PRUNE_ARGS", "LNPT_TRAIN_ARGS", "LNPT_EXPORT_ARGS"} & set(env)  # the old script's
+        assert env.get("LNPT_JOB_ARGS"), env
+        parses(["edge", "run", *shlex.split(env["LNPT_JOB_ARGS"])])
     # The copy-paste commands of the README.
     lines = [line.strip() for line in readme().splitlines() if line.strip().startswith("lnpt ")]
     assert len(lines) >= 3, lines
@@ -217,7 +226,9 @@ def test_configmap_is_a_valid_config_whose_files_come_from_the_secrets(pki):
     mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["config"]["configMap"]["name"] == objects["ConfigMap"]["metadata"]["name"]
-    assert mounts["config"]["subPath"] in objects["ConfigMap"]["data"]
+    folder, name = pod["containers"][0]["args"][pod["containers"][0]["args"].index("--config") + 1].rsplit("/", 1)
+    assert mounts["config"]["mountPath"] == folder and name in objects["ConfigMap"]["data"]
+    assert not [m for m in mounts.values() if "subPath" in m]  # podman kube play has no subPath
     secrets = {doc["metadata"]["name"]: doc for doc in load_yaml(DEPLOY / "k8s" / "secret.example.yaml")}
     for path in (config.server.cert, config.server.key, config.server.tokens_file, "/etc/lnpt/tls/ca.pem"):
         folder, name = path.rsplit("/", 1)
@@ -254,6 +265,46 @@ def test_headless_service_hpa_pdb_and_resources_fit_the_deployment():
     resources_listed = set(objects["Kustomization"]["resources"])
     on_disk = {p.name for p in (DEPLOY / "k8s").glob("*.yaml")} - {"kustomization.yaml", "secret.example.yaml"}
     assert resources_listed == on_disk
+
+
+def edge_pod() -> tuple[dict, dict]:
+    """deploy/k8s/edge/pod.yaml: (its ConfigMap, its Pod)."""
+    docs = {doc["kind"]: doc for doc in load_yaml(DEPLOY / "k8s" / "edge" / "pod.yaml")}
+    return docs["ConfigMap"], docs["Pod"]
+
+
+def test_edge_pod_runs_the_edge_job_with_the_edge_config_against_the_headless_service(pki):
+    configmap, pod = edge_pod()
+    assert configmap["data"]["edge.toml"] == (DEPLOY / "config" / "edge.toml").read_text()
+    spec = pod["spec"]
+    (container,) = spec["containers"]
+    assert container["image"] == "lnpt-edge" and "command" not in container  # the image's lnpt-edge-job
+    assert spec["restartPolicy"] == "OnFailure" and spec["securityContext"]["runAsUser"] != 0
+    env = {e["name"]: e["value"] for e in container["env"]}
+    target = f"dns:///{k8s_objects()['Service']['metadata']['name']}.lnpt.svc.cluster.local:{DEFAULTS.port}"
+    assert env["LNPT_TEACHER"] == target and pod["metadata"]["namespace"] == "lnpt"
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert not [m for m in mounts.values() if "subPath" in m]  # podman kube play has no subPath
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    folder, name = env["LNPT_CONFIG"].rsplit("/", 1)
+    assert volumes[mounts[folder]["name"]]["configMap"]["name"] == configmap["metadata"]["name"]
+    assert name in configmap["data"]
+    # The CA from the config, the token from --token-file: each file comes from a Secret.
+    config = load_config(DEPLOY / "config" / "edge.toml")
+    job_args = shlex.split(env["LNPT_JOB_ARGS"])
+    token_file = job_args[job_args.index("--token-file") + 1]
+    secrets = {doc["metadata"]["name"]: doc for doc in load_yaml(DEPLOY / "k8s" / "secret.example.yaml")}
+    for path in (config.client.ca_cert, token_file):
+        folder, name = path.rsplit("/", 1)
+        secret = volumes[mounts[folder]["name"]]["secret"]
+        assert name in secrets[secret["secretName"]]["stringData"], path
+        assert [item["path"] for item in secret.get("items", [])] in ([], [name])
+    assert (pki / "ca.pem").is_file()
+    assert volumes[mounts[env["LNPT_DATA"]]["name"]]["hostPath"]["path"] == "/srv/lnpt/images"
+    assert "emptyDir" in volumes[mounts[env["LNPT_WORK"]]["name"]]
+    # deploy/verify.sh replaces exactly these strings for `podman kube play`.
+    verify = (DEPLOY / "verify.sh").read_text()
+    assert "/srv/lnpt/images" in verify and "lnpt-edge\\$" in verify and "lnpt-guidance\\$" in verify
 
 
 def test_kustomize_renders_the_manifests():
@@ -319,7 +370,12 @@ def test_cloud_image_health_checks_the_server_and_edge_image_has_no_cloud_extras
     assert cmd[cmd.index("--config") + 1] == "/etc/lnpt/lnpt.toml"
     teacher_copy = instructions(dockerfile("teacher.Dockerfile")[-1], "COPY")[0].split()
     assert teacher_copy[-1] == cmd[cmd.index("--checkpoint") + 1] and teacher_copy[0] == "--chown=10001:10001"
-    assert "Docker engine" in readme()  # the docs say the images were not built here
+    # Pip settings for a wheel mirror reach the build stages only, never the final images.
+    for name in ("cloud.Dockerfile", "edge.Dockerfile"):
+        *builds, final = dockerfile(name)[1:]
+        assert {"PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_CERT"} <= set(instructions(builds[0], "ARG"))
+        assert not [a for a in instructions(final, "ARG") + instructions(final, "ENV") if "PIP_" in a]
+    assert "deploy/verify.sh" in readme() and "make deploy-verify" in readme()
 
 
 # --- compose ---------------------------------------------------------------------------------------
@@ -398,41 +454,40 @@ def test_systemd_unit_passes_systemd_analyze_verify(tmp_path):
 
 # --- the edge job and the health check, for real ---------------------------------------------------
 
-def test_edge_job_starts_fresh_then_resumes_then_exports_once(fashion_train, tmp_path, capsys):
+def test_edge_job_script_runs_lnpt_edge_run_from_its_environment_and_is_safe_to_restart(fashion_train, tmp_path):
     teacher = make_teacher(tmp_path / "T.pt")
     data = write_image_folder(fashion_train[0][:256], tmp_path / "images")
     work = tmp_path / "work"
     config = tmp_path / "edge.toml"
-    config.write_text("[train]\ncheckpoint_every = 3\n\n[export]\nformat = \"sparse\"\n")
-    # Why the job needs logic at all: `lnpt train --resume` refuses a checkpoint that is not there.
-    rc = main(["train", "--student", "missing.pt", "--resume", "--checkpoint", str(tmp_path / "none.ckpt"),
-               "--teacher", str(teacher)])
-    assert rc == 2
-
+    config.write_text("[prune]\nsparsity = 0.5\nsamples = 64\n\n[train]\nepochs = 1\nbatch_size = 32\n"
+                      "threads = 1\n\n[export]\nformat = \"sparse\"\nverify_samples = 16\n")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               OMP_NUM_THREADS="1", LNPT_CONFIG=str(config), LNPT_WORK=str(work), LNPT_DATA=str(data), LNPT_TEACHER=str(teacher),
-               LNPT_PRUNE_ARGS="--sparsity 0.5 --samples 64",
-               LNPT_TRAIN_ARGS="--epochs 1 --batch-size 32 --threads 1 --format json")
+               OMP_NUM_THREADS="1", LNPT_CONFIG=str(config), LNPT_WORK=str(work), LNPT_DATA=str(data),
+               LNPT_TEACHER=str(teacher))
 
-    def start(**extra):
-        done = subprocess.run([str(DEPLOY / "bin" / "lnpt-edge-job")], env={**env, **extra},
+    def start(job_args: str) -> dict:
+        done = subprocess.run([str(DEPLOY / "bin" / "lnpt-edge-job")], env={**env, "LNPT_JOB_ARGS": job_args},
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
-        summaries = [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{"steps"')]
-        return done.stdout, summaries
+        return json.loads(done.stdout)
 
-    out, (first,) = start(LNPT_EXPORT="0")  # first start: prune, train from scratch
-    assert "resuming" not in out and first["resumed_from_step"] == 0 and first["steps"] == 8
-    assert (work / "train.ckpt").is_file() and (work / "student-trained.pt").is_file()
+    first = start("--no-export --format json")  # prune, train; the flags from the environment arrived
+    assert first["stages"] == {"prune": "done", "train": "done", "export": "skipped"}
+    assert first["work"] == str(work) and first["train"]["steps"] == 8  # 256 images / 32 per step
     pruned = (work / "student.pt").stat().st_mtime_ns
+    assert not (work / "student.onnx").exists()
 
-    out, (second,) = start(LNPT_EXPORT_ARGS="--verify-samples 16")  # a restart: resume, then export
-    assert "resuming from" in out and second["resumed_from_step"] == 8 and second["steps"] == 8
-    assert (work / "student.pt").stat().st_mtime_ns == pruned  # not pruned again
+    second = start("--format json")  # a restart keeps what is done and exports
+    assert second["stages"] == {"prune": "kept", "train": "kept", "export": "done"}
+    assert (work / "student.pt").stat().st_mtime_ns == pruned
     assert (work / "student.onnx").is_file() and (work / "student.onnx.json").is_file()
 
-    out, summaries = start()  # after the export the job is done and exits at once
-    assert "the job is done" in out and summaries == []
+    third = start("--format json")  # a finished job only verifies its files
+    assert third["stages"] == {"prune": "kept", "train": "kept", "export": "kept"}
+    # The host-side check deploy/verify.sh runs on the containers' exports passes on this one.
+    done = subprocess.run([sys.executable, str(DEPLOY / "verify_onnx.py"), str(work), "--samples", "64"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0 and done.stdout.startswith("ok: onnx.checker passed"), done.stdout + done.stderr
 
 
 def test_healthcheck_speaks_tls_needs_no_token_and_tells_serving_from_not_serving(tmp_path, capsys):
