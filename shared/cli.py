@@ -151,9 +151,20 @@ def run_data_write_folder(args: argparse.Namespace) -> int:
     return 0
 
 
+def remember_parsers(parser: argparse.ArgumentParser) -> None:
+    """Give every (sub)command's namespace its own parser, so its errors show its own usage."""
+    parser.set_defaults(command_parser=parser)
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        for child in action.choices.values():
+            remember_parsers(child)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    remember_parsers(parser)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse would blame the top-level parser and print its usage
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "handler", None):
         parser.print_help()
         return 0 if args.command is None else 2
