@@ -22,7 +22,9 @@ def register_serve(sub: argparse._SubParsersAction) -> None:
                     "grpc.health.v1 and server reflection on --port, Prometheus /metrics on "
                     "server.metrics_port. TLS is on unless --insecure. SIGTERM/SIGINT drain the server "
                     "(health NOT_SERVING, in-flight batches finish) within server.grace_seconds.")
-    p.add_argument("--checkpoint", required=True, metavar="T.pt", help="teacher model file (lnpt teacher train)")
+    p.add_argument("--checkpoint", required=True, metavar="T.pt|T.onnx",
+                   help="teacher model file (lnpt teacher train), or an ONNX file run by ONNX Runtime "
+                        "(outputs: teacher.onnx_features_output / onnx_logits_output; docs/MODELS.md)")
     p.add_argument("--host", help="address to listen on (server.host, default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, help="gRPC port (server.port, default 50051; 0 = any free port)")
     p.add_argument("--metrics-port", type=int,
@@ -45,7 +47,7 @@ SERVE_FLAGS = {"host": "server.host", "port": "server.port", "metrics_port": "se
                "insecure": "server.insecure", "cert": "server.cert", "key": "server.key",
                "client_ca": "server.client_ca", "tokens_file": "server.tokens_file",
                "log_format": "server.log_format"}
-TEACHER_FLAGS = {"model": "teacher.model", "epochs": "teacher.epochs", "batch_size": "teacher.batch_size",
+TEACHER_FLAGS = {"model": "teacher.model", "weights": "teacher.weights", "feature_node": "teacher.feature_node", "epochs": "teacher.epochs", "batch_size": "teacher.batch_size",
                  "lr": "teacher.lr", "root": "data.root", "data": "data.labeled", "val_data": "data.val",
                  "val_fraction": "data.val_fraction", "workers": "data.workers"}
 TEACHER_EVAL_FLAGS = {"root": "data.root", "workers": "data.workers"}
@@ -71,7 +73,12 @@ def register_teacher(sub: argparse._SubParsersAction) -> None:
         description="Supervised SGD with momentum and a cosine schedule. Also runs under "
                     "`torchrun --standalone --nproc_per_node=N --no-python lnpt teacher train ...` (DistributedDataParallel; "
                     "gloo on CPU, nccl on GPU). Writes a teacher model file atomically.")
-    train.add_argument("--model", help="zoo architecture (teacher.model), e.g. lenet5, resnet20, resnet18")
+    train.add_argument("--model", help="model spec (teacher.model): a zoo name (resnet20), torchvision:NAME[:WEIGHTS] "
+                                       "(torchvision:resnet50:IMAGENET1K_V2) or package.module:factory")
+    train.add_argument("--weights", metavar="FILE", help="state dict or checkpoint to start from (teacher.weights)")
+    train.add_argument("--feature-node", metavar="NAME",
+                       help="module whose output are the features (teacher.feature_node; default: the input "
+                            "of the final Linear)")
     train.add_argument("--epochs", type=int, help="teacher.epochs")
     train.add_argument("--batch-size", type=int, help="teacher.batch_size (per process)")
     train.add_argument("--lr", type=float, help="teacher.lr (peak learning rate)")

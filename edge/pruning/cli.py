@@ -35,7 +35,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                "--out s.pt\n  lnpt prune --score lnpt --sparsity 0.9 --structured 0.5 --data photos/ "
                "--teacher teacher.pt --out s.pt --format json",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="student model spec (default: the teacher's architecture)")
+    parser.add_argument("--model", help="student model spec: a zoo name, torchvision:NAME[:WEIGHTS] or "
+                                        "package.module:factory (model.spec; default: the teacher's architecture)")
+    parser.add_argument("--num-classes", type=int, help="student classes (model.num_classes; default: the teacher's)")
+    parser.add_argument("--input-size", metavar="N|HxW",
+                        help="student input size, e.g. 96 or 96x128 (model.input_size; default: the teacher's; "
+                             "the teacher resizes to its own)")
+    parser.add_argument("--channels", type=int, choices=(1, 3), help="student input channels (model.channels)")
+    parser.add_argument("--weights", metavar="FILE", help="state dict or checkpoint to start from (model.weights)")
+    parser.add_argument("--feature-node", metavar="NAME",
+                        help="module whose output are the features (model.feature_node; default: the input of "
+                             "the final Linear)")
     parser.add_argument("--score", help="pruning score (prune.score, default lnpt); --list-scores shows them all")
     parser.add_argument("--list-scores", action=ListScores, help="list the registered pruning scores and exit")
     parser.add_argument("--sparsity", type=float,
@@ -71,7 +81,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 PRUNE_FLAGS = {**{flag: f"prune.{flag}" for flag in (
     "score", "sparsity", "structured", "scope", "samples", "batch_size", "min_layer_density", "objective",
-    "synflow_rounds", "seed", "keep_classifier_dense", "synflow_float64")}, **CLIENT_FLAGS}
+    "synflow_rounds", "seed", "keep_classifier_dense", "synflow_float64")}, **CLIENT_FLAGS,
+    **{flag: f"model.{flag}" for flag in ("num_classes", "input_size", "channels", "weights", "feature_node")}}
 
 
 def run_prune(args: argparse.Namespace) -> int:
