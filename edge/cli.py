@@ -26,7 +26,8 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--client-key", metavar="PEM", help="private key of --client-cert")
     group.add_argument("--token-file", metavar="FILE", help="file holding the bearer token")
     group.add_argument("--server-name", help="TLS server name to verify (when connecting by IP)")
-    group.add_argument("--prefetch", type=int, metavar="N", help="batches requested ahead of training (default 4)")
+    group.add_argument("--prefetch", type=int, metavar="N", help="batches requested ahead of training "
+                       "(default 0: sized from round trip and step time)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

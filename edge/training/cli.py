@@ -79,7 +79,7 @@ def run_train(args: argparse.Namespace) -> int:
                        progress=not args.no_progress)
     notes = "".join(f"\nnote: {note}" for note in result.notes)
     emit(args, result.to_dict(), f"trained {result.steps}/{result.total_steps} steps in {result.seconds:.1f}s "
-                                 f"(waited {result.target_wait_seconds:.1f}s for targets), final loss "
+                                 f"(waited {result.target_wait_seconds:.1f}s for targets, {result.target_wait_fraction:.1%}), final loss "
                                  f"{result.final_loss:.4f}; saved {result.out}{notes}")
     return 0
 

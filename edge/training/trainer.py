@@ -281,16 +281,22 @@ class GuidedTrainer:
         answer is paired with the batch it was asked for.
         """
         produced: deque = deque()
+        # Time spent making batches inside next(stream) (the source pulls them as its window allows):
+        # data work the loop would do anyway, not waiting for targets, so it is kept out of wait_seconds.
+        preparing = [0.0]
 
         def batches() -> Iterator[torch.Tensor]:
             index_batches = [self.order[b * self.batch_size:(b + 1) * self.batch_size] for b in range(first, last)]
             # decoded ahead by the source's DataLoader workers; a skipped bad file shortens its batch
+            started = time.perf_counter()
             for position, indices, images in self.images.stream(index_batches):
                 b = first + position
                 if self.augment:
                     images = random_crop_flip(images, batch_generator(self.cfg.seed, epoch, b))
                 produced.append((b, indices, images))
+                preparing[0] += time.perf_counter() - started
                 yield images
+                started = time.perf_counter()
 
         def cached(batch_iter: Iterator[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             for _ in batch_iter:
@@ -303,9 +309,9 @@ class GuidedTrainer:
         stream = cached(batches()) if self.cache is not None else iter(self.source.stream(batches()))
         try:
             while True:
-                waited = time.perf_counter()
+                waited, prepared = time.perf_counter(), preparing[0]
                 item = next(stream, None)
-                self.wait_seconds += time.perf_counter() - waited
+                self.wait_seconds += time.perf_counter() - waited - (preparing[0] - prepared)
                 if item is None:
                     return
                 b, _, images = produced.popleft()
