@@ -193,3 +193,40 @@ def test_features_are_captured_per_thread():
             for _ in range(5):
                 got = list(pool.map(lambda x: model.features_and_logits(x)[0], inputs))
                 assert all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
+@pytest.mark.parametrize("spec", ["torchvision:mobilenet_v3_small", "torchvision:resnet18", "torchvision:efficientnet_b0"])
+def test_channel_pruning_on_torchvision_families_keeps_the_feature_width(spec):
+    from lnpt.edge.pruning.structured import prune_channels
+
+    torch.manual_seed(0)
+    model = build_model(spec, 10, RGB64)
+    report = prune_channels(model, 0.5, None, [], torch.zeros(1, *RGB64.shape), importance="magnitude")
+    assert report["macs_after"] < 0.6 * report["macs_before"]
+    features, logits = model.features_and_logits(torch.zeros(2, *RGB64.shape))
+    assert features.shape == (2, build_model(spec, 10, RGB64).feature_dim) and logits.shape == (2, 10)
+
+
+def test_channel_pruning_refuses_what_torch_pruning_cannot_trace():
+    """ShuffleNetV2's channel shuffle (view/transpose across groups) breaks Torch-Pruning 1.6's
+    index mapping; the user gets one clear line instead of a ZeroDivisionError from its internals."""
+    from lnpt.edge.pruning.structured import prune_channels
+
+    model = build_model("torchvision:shufflenet_v2_x0_5", 10, RGB64)
+    with pytest.raises(ValueError, match=r"cannot trace the channel dependencies of torchvision:shufflenet_v2_x0_5"
+                                         r".*use unstructured pruning \(prune.structured = 0\)"):
+        prune_channels(model, 0.5, None, [], torch.zeros(1, *RGB64.shape), importance="magnitude")
+
+
+def test_class_count_mismatch_fails_at_start_unless_features_only(tmp_path, real_photo_folder):
+    from lnpt.edge import prune
+    from lnpt.shared.config import load_config
+    from lnpt.shared.data import FASHION_MNIST_SPEC
+    from support.servers import make_teacher
+
+    teacher = make_teacher(tmp_path / "T.pt", "lenet5", FASHION_MNIST_SPEC)  # 10 classes
+    settings = ["model.num_classes=5", "prune.samples=6", "prune.batch_size=6"]
+    with pytest.raises(ModelError, match="the student has 5 classes and the teacher 10.*objective.lambda_kd = 0"):
+        prune("lenet5", teacher, real_photo_folder, config=load_config(None, settings))
+    result = prune("lenet5", teacher, real_photo_folder, config=load_config(None, [*settings, "objective.lambda_kd=0"]))
+    assert result.student.model.num_classes == 5 and result.sparsity == pytest.approx(0.9, abs=2e-3)
