@@ -28,6 +28,7 @@ class TargetSource:
     info: pb.TeacherInfo
     where: str
     stats: dict
+    resizes_images = False  # True: uint8 batches of any size are resized to the teacher's input
 
     def stream(self, batches: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         raise NotImplementedError
@@ -75,7 +76,7 @@ class TargetSource:
         """
         info = self.info
         name = f"teacher {info.teacher_id} ({info.teacher_version}) at {self.where}"
-        if list(info.input_shape) != list(input_shape):
+        if list(info.input_shape) != list(input_shape) and not self.resizes_images:
             raise TeacherMismatch(f"{name} takes images {tuple(info.input_shape)} (C, H, W) but the student "
                                   f"takes {tuple(input_shape)}; prune/train a student for the teacher's input")
         if info.num_classes != num_classes and lambda_kd > 0:
