@@ -128,3 +128,25 @@ def test_budget_from_config_and_bad_budgets():
         Budget(macs=10, step=0.0)
     with pytest.raises(PruneError, match="needs an objective"):
         prune_to_budget(student(), Budget(macs=10), None, [], SPEC)
+
+
+def test_a_budget_pruned_student_exports_to_static_int8_and_verifies(tmp_path, batches):
+    """int8 after channels: static int8 (calibrated on unlabeled images) of a narrower graph."""
+    import onnx
+
+    from lnpt.edge.onnx.pipeline import ExportOptions, export_student
+    from lnpt.edge.student import save_student
+
+    model = student()
+    dense_macs = count_macs_and_params(model, example())[0]
+    prune_to_budget(model, Budget(macs=int(0.5 * dense_macs), step=0.25), guided_objective(), batches, SPEC)
+    path = tmp_path / "student.pt"
+    save_student(path, model, input_spec=SPEC, class_names=list(FASHION_MNIST_CLASSES), structured=True)
+    result = export_student(path, tmp_path / "int8.onnx", ExportOptions(quantize="int8-static", verify_samples=32,
+                                                                        calibration_samples=64))
+    check = result["verification"]["int8"]
+    assert check["passed"] and check["top1_agreement"] >= 0.9 and result["structured"]
+    graph = onnx.load(tmp_path / "int8.onnx").graph
+    assert any(node.op_type == "QuantizeLinear" for node in graph.node)
+    widths = {init.name: init.dims[0] for init in graph.initializer if "conv1.weight" in init.name and len(init.dims) == 4}
+    assert widths and min(widths.values()) < 16  # the first stage's 16 channels were pruned
