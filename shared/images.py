@@ -114,38 +114,42 @@ def decode_file(path: str | os.PathLike, preprocess: Preprocess,
 
     try:
         if os.path.getsize(path) == 0:
-            raise BadImage(path, "empty file (0 bytes)")
+            raise BadImage(path, "empty file: 0 bytes")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides
             with Image.open(path) as header:  # reads the header only
                 width, height, kind = header.width, header.height, header.format
+                frames = getattr(header, "n_frames", 1)
         data = np.fromfile(path, dtype=np.uint8)
     except BadImage:
         raise
     except Image.DecompressionBombError:
-        raise BadImage(path, f"over data.max_pixels = {max_pixels} pixels (a decompression bomb?)") from None
+        raise BadImage(path, f"over data.max_pixels: more than {max_pixels} pixels (a decompression bomb?)") from None
     except UnidentifiedImageError:
-        raise BadImage(path, "not an image (the content is no format lnpt knows; wrong extension?)") from None
-    except OSError as exc:
-        raise BadImage(path, f"cannot read: {exc.strerror or exc}") from None
+        raise BadImage(path, "not an image: the content is no image format lnpt knows (wrong extension?)") from None
+    except OSError as exc:  # with an errno: the file system; without: PIL could not parse the header
+        what = f"cannot read: {exc.strerror}" if exc.errno else f"corrupt or truncated: header: {exc}"
+        raise BadImage(path, what) from None
     if width * height > max_pixels:
-        raise BadImage(path, f"{width} x {height} = {width * height} pixels is over data.max_pixels = {max_pixels}")
+        raise BadImage(path, f"over data.max_pixels: {width} x {height} = {width * height} pixels > {max_pixels}")
+    if frames > 1:
+        raise BadImage(path, f"animated: a {kind} with {frames} frames; lnpt reads still images")
     if kind not in ("PNG", "JPEG", "MPO", "WEBP", "GIF"):
-        raise BadImage(path, f"a {kind} file; lnpt reads PNG, JPEG, WEBP and GIF (convert it, or check the extension)")
+        raise BadImage(path, f"unsupported format: a {kind} file; lnpt reads PNG, JPEG, WEBP and GIF (convert it, or check the extension)")
     mode = ImageReadMode.GRAY if preprocess.channels == 1 else ImageReadMode.RGB
     try:
         image = decode_image(torch.from_numpy(data), mode=mode, apply_exif_orientation=True)
     except RuntimeError as exc:  # torchvision prefixes "<function>, <file.cpp>:<line>, "
-        raise BadImage(path, f"corrupt or truncated {kind}: {str(exc).split('.cpp:')[-1].split(', ', 1)[-1]}") from None
+        raise BadImage(path, f"corrupt or truncated: {kind}: {str(exc).split('.cpp:')[-1].split(', ', 1)[-1]}") from None
     if image.ndim == 4:
-        raise BadImage(path, f"an animated {kind} ({image.shape[0]} frames); lnpt reads still images")
+        raise BadImage(path, f"animated: a {kind} with {image.shape[0]} frames; lnpt reads still images")
     scaled = image.dtype == torch.uint16
     if scaled:  # 16-bit -> 8-bit by scaling the full range, rounded: nothing is clipped
         image = ((image.to(torch.int32) * 255 + 32767) // 65535).to(torch.uint8)
     elif image.dtype != torch.uint8:
-        raise BadImage(path, f"unsupported pixel type {image.dtype}")
+        raise BadImage(path, f"unsupported mode: pixel type {image.dtype}")
     if not 1 <= image.shape[0] <= 4:
-        raise BadImage(path, f"unsupported mode with {image.shape[0]} channels")
+        raise BadImage(path, f"unsupported mode: {image.shape[0]} channels")
     return preprocess.apply(image), scaled
 
 
@@ -176,7 +180,7 @@ class BadFiles:
         return len(self.bad)
 
     def to_dict(self) -> dict:
-        reasons = Counter(reason.split(":")[0].split(" (")[0] for _, reason in self.bad.values())
+        reasons = Counter(reason.split(":")[0] for _, reason in self.bad.values())  # "corrupt or truncated", ...
         return {"policy": self.policy, "bad_files": self.count, "bad_reasons": dict(reasons),
                 "bad_examples": [f"{p}: {r}" for p, r in list(self.bad.values())[:WARN_FIRST]],
                 "scaled_16bit": len(self.scaled_16bit)}
