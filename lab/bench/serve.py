@@ -42,7 +42,8 @@ CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 def register(actions: argparse._SubParsersAction) -> None:
     p = actions.add_parser("serve", help="served vs raw teacher throughput, latency and wire bytes",
                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", metavar="T.pt", help="teacher file to benchmark (default: an untrained --model)")
+    p.add_argument("--checkpoint", metavar="T.pt|T.onnx",
+                   help="teacher file to benchmark, a model file or an ONNX file (default: an untrained --model)")
     p.add_argument("--model", default="resnet20", help="teacher architecture without a checkpoint (default resnet20)")
     p.add_argument("--input-size", type=int, help="image side without a checkpoint (default 28 for lenet5, else 32)")
     p.add_argument("--channels", type=int, choices=(1, 3), help="image channels without a checkpoint "
@@ -350,15 +351,15 @@ def benchmark(checkpoint: str | None, batch: int, seconds: float, warmup: float,
     """Raw vs served throughput, latency, server memory per stream and wire bytes, side by side."""
     import torch
 
-    from lnpt.shared.model_file import load_model
     from lnpt.shared.codec import encode
+    from lnpt.shared.teacher_model import Teacher, read_teacher
 
     if batch < 4 or batch % 4:
         raise LnptError(f"--batch must be a multiple of 4 (clients send B/4), got {batch}")
     with tempfile.TemporaryDirectory(prefix="lnpt-bench-serve-") as tmp:
         checkpoint = checkpoint or default_teacher(Path(tmp), model, input_size, channels)
-        record = load_model(checkpoint, kind="teacher")
-        net = record.build(load_weights=False)
+        record = read_teacher(checkpoint)  # a teacher model file or an ONNX file
+        net = Teacher(record).model
         per_request = batch // 4
         # Raw forward before and after the served runs; the faster one counts (a conservative ratio when
         # other work on the machine slows one of them down).
