@@ -540,12 +540,6 @@ def probe_widths(model: Classifier, input_spec: InputSpec) -> tuple[int, int]:
     return int(features.shape[1]), int(logits.shape[1])
 
 
-def describe(model: Classifier) -> dict:
-    """What identifies a built model in reports and model files."""
-    return {"spec": model.spec, "feature_node": model.feature_node, "head": model.head_name,
-            "feature_dim": model.feature_dim, "num_classes": model.num_classes}
-
-
 def input_spec_from_config(section, base: InputSpec) -> InputSpec:
     """`base` (the teacher's input) with a [model] section's `input_size` and `channels` applied.
 
