@@ -1,8 +1,8 @@
 """`lnpt bench train`: guided training against a live local server vs supervised training with labels.
 
-One run, same student, data, batch size and augmentation. The server (`lnpt serve`, 1 torch
-thread) is pinned to one core and the trainer to another; the supervised baseline runs on the
-trainer's core alone and is the physical floor (no teacher at all). Prefetching should hide the
+One run, same student, data, batch size, augmentation and optimizer (train.optimizer). The server
+(`lnpt serve`, 1 torch thread) is pinned to one core and the trainer to another; the supervised
+baseline runs on the trainer's core alone and is the physical floor (no teacher at all). Prefetching should hide the
 network and the teacher, so guided steps/s approach supervised steps/s. Also reported: the
 fraction of time the trainer waited for targets and the trainer's peak RSS.
 """
@@ -48,8 +48,10 @@ def supervised_steps_per_s(model, spec, images, labels, batch_size: int, steps: 
     from lnpt.shared.data import normalize, random_crop_flip
     from lnpt.shared.optim import make_optimizer
 
-    optimizer, _ = make_optimizer(model.parameters(), "sgd", lr=train_cfg.lr, momentum=train_cfg.momentum,
-                                  weight_decay=train_cfg.weight_decay, schedule="constant")
+    # The guided trainer's optimizer and schedule (train.optimizer, default Adam): only the loss differs.
+    optimizer, scheduler = make_optimizer(model.parameters(), train_cfg.optimizer, lr=train_cfg.lr,
+                                          momentum=train_cfg.momentum, weight_decay=train_cfg.weight_decay,
+                                          schedule=train_cfg.schedule, total_steps=warmup + steps)
     order = epoch_order(0, 0, len(images))
     model.train()
     started = 0.0
@@ -62,6 +64,8 @@ def supervised_steps_per_s(model, spec, images, labels, batch_size: int, steps: 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
     return steps / (time.perf_counter() - started)
 
 
