@@ -152,7 +152,8 @@ def device_benchmark(student: str | Path, *, images: str = "", channels: float =
     torch.set_num_threads(threads)
     common = dict(threads=threads, verify_samples=verify_samples, samples=images, calibration=images,
                   calibration_samples=calibration_samples)
-    options = {"dense": {}, "sparse": {"storage": "sparse"}, "structured": {}, "structured_int8": {"quantize": "int8-static"}}
+    options = {"dense": {}, "sparse": {"storage": "sparse"}, "structured": {},
+               "structured_int8": {"quantize": "int8-static"}}
     with tempfile.TemporaryDirectory(prefix="lnpt-bench-device-") as tmp:
         folder = Path(tmp)
         files = make_variants(Path(student), channels, sparsity, folder)
