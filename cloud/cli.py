@@ -48,7 +48,8 @@ SERVE_FLAGS = {"host": "server.host", "port": "server.port", "metrics_port": "se
                "client_ca": "server.client_ca", "tokens_file": "server.tokens_file",
                "log_format": "server.log_format"}
 TEACHER_FLAGS = {"model": "teacher.model", "weights": "teacher.weights", "feature_node": "teacher.feature_node", "epochs": "teacher.epochs", "batch_size": "teacher.batch_size",
-                 "lr": "teacher.lr", "root": "data.root", "data": "data.labeled", "val_data": "data.val",
+                 "lr": "teacher.lr", "checkpoint_every": "teacher.checkpoint_every", "device": "teacher.device",
+                 "root": "data.root", "data": "data.labeled", "val_data": "data.val",
                  "val_fraction": "data.val_fraction", "workers": "data.workers"}
 TEACHER_EVAL_FLAGS = {"root": "data.root", "workers": "data.workers"}
 
@@ -72,7 +73,9 @@ def register_teacher(sub: argparse._SubParsersAction) -> None:
         "train", help="train a teacher with labels: Fashion-MNIST, or your own labeled folder or CSV",
         description="Supervised SGD with momentum and a cosine schedule. Also runs under "
                     "`torchrun --standalone --nproc_per_node=N --no-python lnpt teacher train ...` (DistributedDataParallel; "
-                    "gloo on CPU, nccl on GPU). Writes a teacher model file atomically.")
+                    "gloo on CPU, nccl on GPU). Writes a teacher model file atomically. Checkpoints every "
+                    "teacher.checkpoint_every steps, per epoch and on Ctrl-C/SIGTERM; --resume continues exactly "
+                    "where a run stopped.")
     train.add_argument("--model", help="model spec (teacher.model): a zoo name (resnet20), torchvision:NAME[:WEIGHTS] "
                                        "(torchvision:resnet50:IMAGENET1K_V2) or package.module:factory")
     train.add_argument("--weights", metavar="FILE", help="state dict or checkpoint to start from (teacher.weights)")
@@ -83,7 +86,13 @@ def register_teacher(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--batch-size", type=int, help="teacher.batch_size (per process)")
     train.add_argument("--lr", type=float, help="teacher.lr (peak learning rate)")
     train.add_argument("--out", required=True, metavar="T.pt", help="teacher model file to write")
-    train.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    train.add_argument("--checkpoint", metavar="FILE", help="training checkpoint (default: <out>.ckpt)")
+    train.add_argument("--checkpoint-every", type=int, metavar="STEPS",
+                       help="checkpoint every N steps besides each epoch (teacher.checkpoint_every; 0 = per epoch only)")
+    train.add_argument("--resume", action="store_true", help="continue exactly from --checkpoint")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start over, replacing an existing --out and --checkpoint (refused otherwise)")
+    train.add_argument("--device", help="cpu, cuda or cuda:N (teacher.device; default: cuda when available)")
     train.add_argument("--root", help="Fashion-MNIST cache folder (data.root)")
     add_data_options(train)
     held_out = train.add_mutually_exclusive_group()
@@ -117,10 +126,14 @@ def add_data_options(parser: argparse.ArgumentParser, data_help: str = "") -> No
 def run_teacher_train(args: argparse.Namespace) -> int:
     config = config_from_args(args, TEACHER_FLAGS)
     from lnpt.cloud.logs import setup_logging
-    from lnpt.cloud.teacher_training import train_teacher
+    from lnpt.cloud.teacher_training import TeacherTrainingInterrupted, train_teacher
 
     setup_logging(config.server.log_format)
-    result = train_teacher(config, args.out, device=args.device, json_lines=args.format == "json")
+    try:
+        result = train_teacher(config, args.out, json_lines=args.format == "json", checkpoint=args.checkpoint,
+                               resume=args.resume, overwrite=args.overwrite)
+    except TeacherTrainingInterrupted as exc:
+        raise TeacherTrainingInterrupted(f"{exc}:\n  {resume_command()}", exc.step, exc.checkpoint) from None
     if result is None:  # a non-zero rank under torchrun: rank 0 reports
         return 0
     tested = "no validation set" if result["test_accuracy"] is None else \
@@ -128,6 +141,18 @@ def run_teacher_train(args: argparse.Namespace) -> int:
     emit(args, result, f"wrote {result['path']}: {result['arch']} version {result['version']}, "
                        f"{tested} after {result['epochs']} epochs ({result['data']['bad_files']} bad files skipped)")
     return 0
+
+
+def resume_command() -> str:
+    """This very command with --resume (instead of --overwrite), ready to paste into a shell; a
+    placeholder when lnpt was called from Python (main([...]) leaves sys.argv to its caller)."""
+    import shlex
+    import sys
+
+    if sys.argv[1:3] != ["teacher", "train"]:
+        return "lnpt teacher train ... --resume (the same options)"
+    words = [word for word in sys.argv[1:] if word not in ("--overwrite", "--resume")]
+    return shlex.join(["lnpt", *words, "--resume"])
 
 
 def run_teacher_eval(args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ from lnpt.cloud.metrics import ServerMetrics
 from lnpt.cloud.security import TokenAuthInterceptor, load_tokens, server_credentials
 from lnpt.cloud.service import GuidanceServicer, add_to_server, max_request_bytes, peer_host
 from lnpt.shared.config import Config, ConfigError
+from lnpt.shared.devices import resolve_device
 from lnpt.shared.protocol import guidance_pb2 as pb
 from lnpt.shared.teacher_model import Teacher, read_teacher
 
@@ -51,26 +52,6 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
         ("grpc.max_send_message_length", max(max_message_bytes, MAX_SEND_BYTES)),
         ("grpc.max_receive_message_length", max_message_bytes),
     ]
-
-
-def teacher_device(name: str) -> str:
-    """`batcher.device` checked before anything loads: a clean error for a device this machine lacks."""
-    import torch
-
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"batcher.device = {name!r} is not a device torch knows ({exc}); use cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"batcher.device = {name!r}, but torch sees no CUDA device here (torch "
-                              f"{torch.__version__}); serve on cpu, or install a CUDA build of torch")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"batcher.device = {name!r}, but this machine has {torch.cuda.device_count()} "
-                              f"CUDA device(s) (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
-    elif device.type != "cpu":
-        raise ConfigError(f"batcher.device = {name!r}: the guidance server runs on cpu or cuda")
-    return name
 
 
 class BoundedHealth(health.aio.HealthServicer):
@@ -147,7 +128,7 @@ class GuidanceServer:
     async def start(self) -> None:
         cfg = self.config.server
         credentials = server_credentials(cfg)  # fails before binding when TLS files are wrong
-        device = teacher_device(self.config.batcher.device)
+        device = str(resolve_device(self.config.batcher.device, "batcher.device"))
         tokens = load_tokens(cfg.tokens_file) if cfg.tokens_file else []
         if tokens and cfg.insecure:
             log.warning("bearer tokens over plaintext (--insecure with --tokens-file): anyone on the network path "

@@ -102,6 +102,8 @@ class TeacherConfig:
     test_samples: int = field(default=0, metadata=at_least(0))  # per-epoch evaluation; 0 = the whole test set
     augment: bool = True  # random crop (padding 2) and horizontal flip
     seed: int = 0
+    checkpoint_every: int = field(default=200, metadata=at_least(0))  # steps; 0 = only per epoch
+    device: str = ""  # cpu, cuda, cuda:N; empty = cuda when available (under torchrun: cuda:LOCAL_RANK)
 
 
 @dataclass

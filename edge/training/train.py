@@ -7,11 +7,8 @@ from a checkpoint, and turns Ctrl-C / SIGTERM into a checkpoint at the last fini
 from __future__ import annotations
 
 import os
-import signal
-import threading
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
@@ -21,6 +18,7 @@ from lnpt.edge.training.checkpoints import load_checkpoint
 from lnpt.edge.training.image_source import ImageSource
 from lnpt.edge.training.target_cache import TargetCache
 from lnpt.edge.training.trainer import GuidedTrainer, TrainingError, TrainResult, sample_keys
+from lnpt.shared.checkpoints import refuse_finished_work, stop_on_signals
 from lnpt.shared.config import Config, updated
 from lnpt.shared.data import adapt
 
@@ -66,7 +64,7 @@ def train(student: Student | str | os.PathLike, teacher: TargetSource | str | No
         raise TrainingError("give `out`: the student has no file to name the trained one after")
     out = Path(out) if out is not None else default_out(student.path)
     checkpoint = Path(checkpoint) if checkpoint is not None else Path(str(out) + ".ckpt")
-    refuse_finished_work(out, checkpoint, resume, overwrite)
+    refuse_finished_work({out: "a trained student"}, checkpoint, resume, overwrite, TrainingError)
     source_images = image_source(images, student, config)
 
     # The teacher version this run must use: the checkpoint's when resuming (unless force).
@@ -101,20 +99,6 @@ def train(student: Student | str | os.PathLike, teacher: TargetSource | str | No
     return result
 
 
-def refuse_finished_work(out: Path, checkpoint: Path, resume: bool, overwrite: bool) -> None:
-    """No run silently replaces a trained student or the checkpoint of an unfinished run."""
-    if resume:
-        if not checkpoint.exists():
-            raise TrainingError(f"nothing to resume: {checkpoint} does not exist (start without --resume)")
-        return
-    if overwrite:
-        return
-    for path, what in ((out, "a trained student"), (checkpoint, "the checkpoint of an earlier run")):
-        if path.exists():
-            raise TrainingError(f"{path} exists ({what}); continue it with --resume, or pass --overwrite to "
-                                f"start over and replace it")
-
-
 def image_source(images, student: Student, config: Config) -> ImageSource:
     if isinstance(images, ImageSource):
         return images
@@ -131,26 +115,3 @@ def offline_cache(config: Config, version: str, images: ImageSource):
     cache = TargetCache(config.train.target_cache, version)
     keys = sample_keys(images)
     return (cache, keys) if all(k in cache.rows for k in keys) else (None, None)
-
-
-@contextmanager
-def stop_on_signals(trainer: GuidedTrainer) -> Iterator[None]:
-    """The first SIGINT/SIGTERM asks the trainer to stop after its step (it checkpoints and says how
-    to resume); a second one acts at once. Only the main thread can install handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def request_stop(signum, frame) -> None:
-        trainer.stop_requested = True
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-    for sig in previous:
-        signal.signal(sig, request_stop)
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

@@ -25,8 +25,10 @@ from lnpt.edge.training.augment import batch_generator
 from lnpt.edge.training.checkpoints import load_checkpoint, restore_rng, save_checkpoint
 from lnpt.edge.training.image_source import ImageSource
 from lnpt.edge.training.target_cache import TargetCache, digest
+from lnpt.shared.checkpoints import Interrupted
 from lnpt.shared.config import ObjectiveConfig, TrainConfig
 from lnpt.shared.data import normalize, random_crop_flip
+from lnpt.shared.devices import resolve_device
 from lnpt.shared.errors import LnptError
 from lnpt.shared.objectives import Targets, learning_gap, objective_from_config
 from lnpt.shared.optim import make_optimizer
@@ -39,15 +41,7 @@ class TrainingError(LnptError, RuntimeError):
 
 def training_device(name: str) -> torch.device:
     """The device to train on (`train.device`); refuses a CUDA device this machine does not have."""
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise TrainingError(f"train.device = {name!r} is not a device torch knows: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"train.device = {name!r}, but torch sees no CUDA device here "
-                            f"(torch {torch.__version__}); use cpu, or install a CUDA build of torch "
-                            "(on a Jetson: NVIDIA's JetPack wheel)")
-    return device
+    return resolve_device(name, "train.device")
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
@@ -93,14 +87,8 @@ class TrainResult:
         return {**self.__dict__, "target_wait_fraction": self.target_wait_fraction}
 
 
-class TrainingInterrupted(TrainingError):
-    """Training stopped on request (Ctrl-C, SIGTERM) after saving a checkpoint at the last step."""
-
-    exit_code = 130  # what a shell reports for an interrupted command
-
-    def __init__(self, message: str, step: int, checkpoint: str | None):
-        super().__init__(message)
-        self.step, self.checkpoint = step, checkpoint
+class TrainingInterrupted(TrainingError, Interrupted):
+    """Training stopped on request (Ctrl-C, SIGTERM) after saving a checkpoint at the last step (exit 130)."""
 
 
 class GuidedTrainer:
