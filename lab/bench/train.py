@@ -38,8 +38,10 @@ def cores() -> tuple[int, int]:
     return (available[0], available[1]) if len(available) > 1 else (available[0], available[0])
 
 
-def supervised_steps_per_s(model, spec, images, labels, batch_size: int, steps: int, warmup: int, train_cfg) -> float:
-    """Plain cross-entropy training with labels through the same data path (order, augmentation)."""
+def supervised_steps_per_s(model, spec, images, labels, batch_size: int, steps: int, warmup: int,
+                           train_cfg) -> tuple[float, float]:
+    """Plain cross-entropy training with labels through the same data path (order, augmentation);
+    returns (steps per second, CPU seconds of this process per step)."""
     import torch
     import torch.nn.functional as F
 
@@ -57,7 +59,7 @@ def supervised_steps_per_s(model, spec, images, labels, batch_size: int, steps: 
     started = 0.0
     for step in range(warmup + steps):
         if step == warmup:
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
         indices = order[step * batch_size:(step + 1) * batch_size]
         batch = random_crop_flip(images.batch(indices), batch_generator(0, 0, step))
         loss = F.cross_entropy(model(normalize(batch, spec)), labels[indices])
@@ -66,7 +68,7 @@ def supervised_steps_per_s(model, spec, images, labels, batch_size: int, steps: 
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-    return steps / (time.perf_counter() - started)
+    return steps / (time.perf_counter() - started), (time.process_time() - cpu_started) / steps
 
 
 def guided(student_path, images, address: str, steps: int, batch_size: int, prefetch: int):
@@ -81,8 +83,9 @@ def guided(student_path, images, address: str, steps: int, batch_size: int, pref
     with GuidanceClient.from_config(config.client, address) as client:
         trainer = GuidedTrainer(model, record.input_spec, images, client, train=config.train,
                                 objective=config.objective, teacher_version=client.version, progress=False)
+        cpu_started = time.process_time()
         result = trainer.run()
-        return result, dict(client.stats)
+        return result, dict(client.stats, cpu_per_step=(time.process_time() - cpu_started) / max(1, result.steps))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -120,11 +123,13 @@ def run(args: argparse.Namespace) -> int:
             address = server.address
             guided(tmp / "S.pt", images, address, args.warmup, args.batch_size, args.prefetch)  # warm both sides
             # Alternate short rounds (supervised, guided, ...): drift in machine load hits both sides alike.
-            sup_runs, guided_runs, waits, reconnects = [], [], [], 0
+            sup_runs, guided_runs, waits, reconnects, cpu_ratios = [], [], [], 0, []
             for _ in range(args.rounds):
-                sup_runs.append(supervised())
+                rate, sup_cpu = supervised()
+                sup_runs.append(rate)
                 result, stats = guided(tmp / "S.pt", images, address, args.steps, args.batch_size, args.prefetch)
                 guided_runs.append(result.steps / result.seconds)
+                cpu_ratios.append(sup_cpu / stats["cpu_per_step"])
                 waits.append((stats["wait_seconds"] / result.seconds, result.target_wait_seconds / result.seconds))
                 reconnects += stats["reconnects"]
         finally:
@@ -137,6 +142,9 @@ def run(args: argparse.Namespace) -> int:
         "server_core": server_core, "trainer_core": trainer_core,
         "guided_steps_per_s": guided_rate, "supervised_steps_per_s": sup,
         "guided_over_supervised": statistics.median(ratios), "ratio_per_round": ratios,
+        # The trainer process's CPU per step, supervised / guided (gRPC client threads included): what the
+        # guided step costs the device itself, whatever else runs on a shared machine.
+        "cpu_guided_over_supervised": statistics.median(cpu_ratios),
         "target_wait_fraction": statistics.median(w[0] for w in waits),
         "loop_wait_fraction": statistics.median(w[1] for w in waits), "rounds": args.rounds, "reconnects": reconnects,
         "peak_rss_mb": peak_rss_mb, "rss_before_training_mb": rss_before_mb,
@@ -147,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
         f"{'mode':<28}{'steps/s':>10}{'ratio':>8}",
         f"{'supervised (labels)':<28}{sup:>10.2f}{1.0:>8.2f}",
         f"{'guided (live server)':<28}{guided_rate:>10.2f}{out['guided_over_supervised']:>8.2f}",
-        f"guided/supervised per round: {', '.join(f'{r:.2f}' for r in ratios)} (median above)",
+        f"guided/supervised per round: {', '.join(f'{r:.2f}' for r in ratios)} (median above); "
+        f"trainer CPU per step, supervised/guided: {out['cpu_guided_over_supervised']:.2f}",
         f"waited for targets: {out['target_wait_fraction']:.1%} of guided time "
         f"(training loop blocked: {out['loop_wait_fraction']:.1%})",
         f"peak RSS {peak_rss_mb:.0f} MB ({rss_before_mb:.0f} MB already after importing torch and loading "
