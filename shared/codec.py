@@ -99,9 +99,7 @@ def check_finite(values, name: str) -> None:
     """CodecError when a float tensor or array holds NaN or Inf."""
     finite = np.isfinite(values) if isinstance(values, np.ndarray) else torch.isfinite(values)
     if not bool(finite.all()):
-        bad = int((~finite).sum())
-        raise CodecError(f"{name}: {bad} of {finite.size if isinstance(finite, np.ndarray) else finite.numel()} "
-                         "values are NaN or infinite")
+        raise CodecError(f"{name}: {int((~finite).sum())} of {math.prod(values.shape)} values are NaN or infinite")
 
 
 def decode(
