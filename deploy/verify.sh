@@ -178,7 +178,8 @@ bash "$repo/deploy/gen-certs.sh" "$work/certs" DNS:cloud DNS:lnpt-guidance.lnpt.
 cp "$work/secrets/edge.token" "$work/secrets/tokens"
 for client in edge-a edge-b; do
   split=train; [ "$client" = edge-b ] && split=test
-  [ -d "$work/data/$client" ] || "$lnpt" data write-folder --split "$split" --limit "$images_per_client" --out "$work/data/$client" > /dev/null
+  [ -d "$work/data/$client" ] || "$lnpt" data write-folder --split "$split" --limit "$images_per_client" \
+    --out "$work/data/$client" > "$work/logs/data-$client.log" 2>&1
   rm -rf "$work/jobs/$client" && mkdir -p "$work/jobs/$client"
 done
 # The containers run as uid 10001: the mounted keys, token and work folders must be theirs.
@@ -241,6 +242,7 @@ elapsed=$(( $(date +%s) - start ))
 kill "$metrics_poller"; metrics_poller=""
 peak=$(sort -g "$work/logs/open_streams.txt" | tail -1)
 served=$(metric lnpt_samples_served_total)
+trained=0
 for client in edge-a edge-b; do
   [ -f "$work/jobs/$client/student.onnx" ] || fail "$client wrote no student.onnx"
   # The job's JSON result (--format json) is the log line with its "stages".
@@ -253,15 +255,19 @@ for line in open(sys.argv[1]):
         continue
     if isinstance(result, dict) and "stages" in result:
         train = result["train"] or {}
-        print(", ".join(f"{k} {v}" for k, v in result["stages"].items()),
+        print(train.get("samples") or 0, ", ".join(f"{k} {v}" for k, v in result["stages"].items()),
               f"- {train.get('steps')} steps, {train.get('samples')} samples, sparsity {result['sparsity']:.2f}")
 EOF
 )
   [ -n "$job" ] || fail "$client printed no job result"
+  trained=$((trained + ${job%% *})); job=${job#* }
   note "- $client: exit 0 on $images_per_client Fashion-MNIST $( [ "$client" = edge-a ] && echo train || echo test ) images: $job; student.onnx $(stat -c %s "$work/jobs/$client/student.onnx") bytes"
 done
 [ "${peak%.*}" -ge 2 ] || fail "the server never had both clients' streams open (peak lnpt_open_streams $peak)"
-note "- both clients in ${elapsed} s; server metrics while they ran: lnpt_open_streams peaked at ${peak%.*}, lnpt_samples_served_total ${served%.*} at the end"
+# The metrics have no per-client label: both streams open at once, and every sample both clients
+# trained on (plus pruning's) answered by this server.
+[ "${served%.*}" -ge "$trained" ] || fail "lnpt_samples_served_total ${served%.*} < $trained samples the clients trained on"
+note "- both clients in ${elapsed} s; server metrics while they ran: lnpt_open_streams peaked at ${peak%.*}; lnpt_samples_served_total ${served%.*} at the end >= $trained samples the two clients trained on (the rest: pruning's scoring samples)"
 
 say "checking the ONNX file on the host with ONNX Runtime"
 onnx_check=$("$py" "$repo/deploy/verify_onnx.py" "$work/jobs/edge-a") || fail "ONNX check: $onnx_check"
@@ -273,9 +279,28 @@ engine stop -t 30 lnpt-verify-cloud > /dev/null
 drain=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
 code=$(engine inspect --format '{{.State.ExitCode}}' lnpt-verify-cloud)
 engine logs lnpt-verify-cloud > "$work/logs/cloud.log" 2>&1
-drained=$(grep -E -o '"?(draining|stopped)[^"]*' "$work/logs/cloud.log" | tr '\n' ' ' | sed 's/ $//')
-[ "$code" = 0 ] && grep -q stopped "$work/logs/cloud.log" || { tail -20 "$work/logs/cloud.log"; fail "no clean drain (exit $code)"; }
-note "- SIGTERM: stopped in $drain s, exit code $code, log: $drained"
+# The server's own account (JSON log lines): signal -> draining -> stopped, with their times.
+drained=$("$py" - "$work/logs/cloud.log" <<'EOF'
+import json, sys
+from datetime import datetime
+lines = {}
+for line in open(sys.argv[1]):
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        continue
+    if isinstance(entry, dict) and entry.get("logger") == "lnpt.cloud.server":
+        for key in ("signal received", "draining", "stopped"):
+            if entry["message"].startswith(key):
+                lines[key] = entry
+if len(lines) == 3:
+    seconds = (datetime.fromisoformat(lines["stopped"]["time"].rstrip("Z"))
+               - datetime.fromisoformat(lines["signal received"]["time"].rstrip("Z"))).total_seconds()
+    print(f"server: signal to stopped {seconds:.2f} s; log: " + " / ".join(e["message"] for e in lines.values()))
+EOF
+)
+[ "$code" = 0 ] && [ -n "$drained" ] || { tail -20 "$work/logs/cloud.log"; fail "no clean drain (exit $code)"; }
+note "- SIGTERM (podman stop): container gone after $drain s, exit code $code; $drained"
 engine rm lnpt-verify-cloud > /dev/null
 
 # --- 3. the Kubernetes manifests under podman kube play ----------------------------------------------
@@ -296,11 +321,11 @@ secret() {  # NAME KEY FILE [KEY FILE ...]
 secret lnpt-guidance-tls server.pem "$work/certs/server.pem" server.key "$work/certs/server.key" ca.pem "$work/certs/ca.pem"
 secret lnpt-guidance-tokens tokens "$work/secrets/tokens"
 secret lnpt-edge-token edge.token "$work/secrets/edge.token"
-{ cat "$context/deploy/k8s/configmap.yaml"; echo "---"
-  sed "s|^\(  *image:\) lnpt-guidance\$|\1 $guidance|" "$context/deploy/k8s/deployment.yaml"; } > "$work/kube/guidance.yaml"
+sed "s|^\(  *image:\) lnpt-guidance\$|\1 $guidance|" "$context/deploy/k8s/deployment.yaml" > "$work/kube/deployment.yml"
+{ cat "$context/deploy/k8s/configmap.yaml"; echo "---"; cat "$work/kube/deployment.yml"; } > "$work/kube/guidance.yaml"
 sed -e "s|^\(  *image:\) lnpt-edge\$|\1 $edge|" -e "s|^\(  *path:\) /srv/lnpt/images\$|\1 $work/data/edge-a|" \
   "$context/deploy/k8s/edge/pod.yaml" > "$work/kube/edge.yaml"
-changed=$( { diff "$context/deploy/k8s/deployment.yaml" "$work/kube/guidance.yaml" | grep -c '^>' || true; } )
+changed=$( { diff "$context/deploy/k8s/deployment.yaml" "$work/kube/deployment.yml" | grep -c '^>' || true; } )
 changed_edge=$( { diff "$context/deploy/k8s/edge/pod.yaml" "$work/kube/edge.yaml" | grep -c '^>' || true; } )
 engine network exists lnpt-kube || engine network create lnpt-kube > /dev/null
 for file in "$work"/kube/guidance.yaml "$work"/kube/edge.yaml; do engine kube down "$file" > /dev/null 2>&1 || true; done
