@@ -2,9 +2,9 @@
 
 Decoding validates everything a remote peer could get wrong and raises `CodecError` with a message
 a person can act on; the server turns that into INVALID_ARGUMENT. `decode` copies the bytes once
-(protobuf bytes are immutable, torch needs a writable buffer); `decode_view` copies nothing and
-returns a read-only numpy view for callers that only read (the server's batcher concatenates the
-views of several requests into one batch: that concatenation is the only copy of the pixels).
+(protobuf bytes are immutable, torch needs a writable buffer); `decode_view` adds no copy to the
+one protobuf makes when its bytes field is read, and returns a read-only numpy view for callers
+that only read (the server's batcher concatenates the views of several requests into one batch).
 """
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ def decode_view(
     allow_empty: bool = False,
     name: str = "tensor",
 ) -> np.ndarray:
-    """Like `decode`, but a read-only numpy view of the message's bytes: no copy.
+    """Like `decode`, but a read-only numpy view of the message's bytes: no copy of its own.
 
     For uint8, float16 and float32 (numpy has no bfloat16). The view keeps the bytes alive.
     """
