@@ -1,5 +1,6 @@
 """`lnpt analyze grid --profile tiny` end to end on real Fashion-MNIST: every run recorded with its
-numbers, a Markdown table, a valid PNG, resuming skips finished runs, a changed recipe is refused."""
+numbers (the structured rows with the speed their channel ratio buys), Markdown tables, valid PNGs,
+resuming skips finished runs, a changed recipe is refused."""
 from __future__ import annotations
 
 import json
@@ -37,10 +38,23 @@ def test_tiny_grid_writes_every_run_and_resumes(tmp_path, tiny_teacher, capsys):
     assert code == 0
     runs = result["runs"]
     # 2 dense references + 2 scores x 2 trainings x 1 sparsity x 1 seed
+    # + structured rows: 3 channel importances x 2 trainings x 1 channel ratio x 1 seed
+    channel_rows = [(f"channels:{i}", t) for i in ("lnpt", "magnitude", "random") for t in ("guided", "supervised")]
     assert sorted((r["score"], r["training"]) for r in runs) == sorted(
         [("dense", "guided"), ("dense", "supervised"), ("lnpt", "guided"), ("lnpt", "supervised"),
-         ("magnitude", "guided"), ("magnitude", "supervised")])
-    for run in runs:
+         ("magnitude", "guided"), ("magnitude", "supervised"), *channel_rows])
+    structured = [r for r in runs if r["score"].startswith("channels:")]
+    unstructured = [r for r in runs if not r["score"].startswith("channels:")]
+    for run in structured:
+        assert run["channel_ratio"] == 0.5 and run["importance"] == run["score"].split(":")[1]
+        assert run["actual_sparsity"] == 0.0 and 0 < run["macs_over_dense"] < 0.6 and run["params_over_dense"] < 0.6
+        assert run["latency_ms"] > 0 and run["latency_over_dense"] == pytest.approx(
+            run["latency_ms"] / run["dense_latency_ms"])
+        assert 0.0 <= run["accuracy"] <= 1.0 and not run["diverged"]
+    # Uniform ratios: every importance removes the same number of channels per layer, each its own ones.
+    assert len({r["params"] for r in structured}) == 1
+    assert result["summary"]["channels:lnpt|guided|0.5"]["n"] == 1
+    for run in unstructured:
         assert {"accuracy", "learning_gap", "cka_gap", "teacher_agreement", "actual_sparsity",
                 "final_train_loss", "seconds", "seed", "diverged"} <= set(run)
         assert 0.0 <= run["accuracy"] <= 1.0 and not run["diverged"]
@@ -50,12 +64,17 @@ def test_tiny_grid_writes_every_run_and_resumes(tmp_path, tiny_teacher, capsys):
     assert result["summary"]["lnpt|guided|0.9"]["n"] == 1
 
     stored = json.loads((out / "grid.json").read_text())
-    assert len(stored["runs"]) == 6 and stored["recipe"]["augment"] is False
+    assert len(stored["runs"]) == 12 and stored["recipe"]["augment"] is False
     table = (out / "grid.md").read_text()
     for row in ("| lnpt | guided |", "| lnpt | supervised |", "| magnitude | guided |", "| teacher (lenet5) |"):
         line = next(line for line in table.splitlines() if line.startswith(row))
         assert "±" in line or row.startswith("| teacher")
     assert (out / "grid.png").read_bytes()[:8] == PNG_MAGIC
+    assert (out / "grid-latency.png").read_bytes()[:8] == PNG_MAGIC
+    channels = table[table.index("### Channel pruning"):]
+    for row in ("| lnpt | guided |", "| magnitude | supervised |", "| random | guided |", "| MACs / dense |",
+                "| latency / dense |", "| importance | training | 2x faster | 4x faster |"):
+        assert row in channels
 
     # Resume: drop one finished run; only that one is trained again, the others are kept untouched.
     dropped = "magnitude|supervised|0.9|0"
@@ -77,6 +96,10 @@ def test_tiny_grid_writes_every_run_and_resumes(tmp_path, tiny_teacher, capsys):
 def test_bad_grid_options_are_named(tmp_path, tiny_teacher, capsys):
     code, _, err = grid(capsys, tmp_path / "g", tiny_teacher, "--scores", "lnpt,oracle")
     assert code == 2 and "--scores" in err and "synflow" in err
+    code, _, err = grid(capsys, tmp_path / "g", tiny_teacher, "--channel-importances", "lnpt,oracle")
+    assert code == 2 and "--channel-importances" in err and "magnitude" in err
+    code, _, err = grid(capsys, tmp_path / "g", tiny_teacher, "--channel-ratios", "0.5,1.5")
+    assert code == 2 and "--channel-ratios" in err
     code, _, err = grid(capsys, tmp_path / "g", tmp_path / "missing.pt")
     assert code == 2 and "missing.pt" in err
 

@@ -1,4 +1,5 @@
-"""`lnpt analyze grid`: pruning score x training objective x sparsity, test accuracy over seeds.
+"""`lnpt analyze grid`: pruning score x training objective x sparsity, test accuracy over seeds;
+and channel pruning: importance x training objective x channel ratio, with the speed it buys.
 
 Experiments 2 and 3 of the method (docs/RESULTS.md):
 - every score {lnpt, snip, grasp, synflow, magnitude, random} prunes the same seeded student before
@@ -6,17 +7,24 @@ Experiments 2 and 3 of the method (docs/RESULTS.md):
 - each pruned student is trained twice from the very same weights and masks, with the same data order,
   optimizer, schedule and epochs: once label-free (learning gap + KD against a local teacher's
   targets, no label anywhere) and once supervised (cross-entropy on labels);
-- references: the dense teacher, and the dense student trained both ways.
+- references: the dense teacher, and the dense student trained both ways;
+- structured rows (profile.channel_ratios): the seeded student loses that ratio of every prunable
+  layer's channels (Torch-Pruning) by importance {lnpt: group Taylor of the label-free objective on
+  the teacher's targets, magnitude: L1, random}, then trains both ways like the rows above; each
+  row also records MACs and the ONNX Runtime latency (batch 1, 1 thread) over the dense student's,
+  measured side by side, for the latency-vs-accuracy plot OUT/grid-latency.png (its Pareto front).
 Teacher targets are computed once per training set (augmentation is off). Every finished run is
 appended to OUT/grid.json (atomic writes), so an interrupted grid continues where it stopped; the
 Markdown table OUT/grid.md and the plot OUT/grid.png are rewritten from it at the end.
 
 Profiles: tiny (a smoke test), quick (about half an hour on two CPU cores: LeNet-5 student and
-teacher, a 10k-image subset, 5 epochs, Adam), full (GPU: ResNet-20 student, ResNet-32 teacher, all data).
+teacher, a 10k-image subset, 5 epochs, Adam; structured rows with --channel-ratios), full (GPU:
+ResNet-20 student, ResNet-32 teacher, all data, channel ratios 0.3/0.5/0.7).
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -28,6 +36,9 @@ from lnpt.shared.cli import add_format_option, emit
 SCORES = ("lnpt", "snip", "grasp", "synflow", "magnitude", "random")
 TRAININGS = ("guided", "supervised")
 DENSE = "dense"
+# Channel importance of the structured rows -> Torch-Pruning criterion (edge.pruning.structured).
+CHANNEL_IMPORTANCES = {"lnpt": "taylor", "magnitude": "magnitude", "random": "random"}
+CHANNELS = "channels:"  # a structured row's score is CHANNELS + importance, e.g. "channels:lnpt"
 
 
 @dataclass(frozen=True)
@@ -54,18 +65,20 @@ class Profile:
     sparsities: tuple[float, ...] = (0.9, 0.95, 0.98, 0.99)
     seeds: tuple[int, ...] = (0, 1)
     device: str = "cpu"
+    channel_ratios: tuple[float, ...] = ()  # structured rows: channel ratio removed; () = none
+    channel_importances: tuple[str, ...] = tuple(CHANNEL_IMPORTANCES)
     notes: str = field(default="", compare=False)
 
 
 PROFILES = {
     "tiny": Profile("tiny", "lenet5", "lenet5", 1000, 1, train_samples=256, test_samples=256, epochs=1,
                     prune_samples=32, scores=("lnpt", "magnitude"), sparsities=(0.9,), seeds=(0,),
-                    notes="smoke test only: numbers mean nothing"),
+                    channel_ratios=(0.5,), notes="smoke test only: numbers mean nothing"),
     "quick": Profile("quick", "lenet5", "lenet5", 0, 10, train_samples=10000, test_samples=0, epochs=5,
                      notes="2-core CPU: LeNet-5 teacher trained on all 60k labelled images for 10 epochs (the cloud), "
                            "LeNet-5 students on a 10k-image subset (the edge), 5 epochs, no augmentation"),
     "full": Profile("full", "resnet20", "resnet32", 0, 60, train_samples=0, test_samples=0, epochs=40,
-                    lr=1e-3, seeds=(0, 1, 2), device="cuda",
+                    lr=1e-3, seeds=(0, 1, 2), device="cuda", channel_ratios=(0.3, 0.5, 0.7),
                     notes="GPU: ResNet-32 teacher, ResNet-20 students on all 60k images, 40 epochs"),
 }
 
@@ -84,6 +97,10 @@ def register(actions: argparse._SubParsersAction, deprecated_alias: bool = False
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default 0 = torch's choice)")
     parser.add_argument("--scores", help="comma-separated subset of the scores (default: the profile's)")
     parser.add_argument("--sparsities", help="comma-separated sparsities, e.g. 0.9,0.95 (default: the profile's)")
+    parser.add_argument("--channel-ratios", help="comma-separated channel ratios removed for the structured rows, "
+                                                 "e.g. 0.3,0.5,0.7; 0 = none (default: the profile's)")
+    parser.add_argument("--channel-importances",
+                        help=f"comma-separated subset of {','.join(CHANNEL_IMPORTANCES)} (default: all)")
     parser.add_argument("--seeds", type=int, help="number of seeds 0..N-1 (default: the profile's)")
     parser.add_argument("--epochs", type=int, help="student epochs (default: the profile's)")
     parser.add_argument("--train-samples", type=int, help="student training images (default: the profile's)")
@@ -104,13 +121,16 @@ def profile_from_args(args: argparse.Namespace) -> Profile:
             raise ExperimentError(f"--scores {args.scores!r}: choose from {', '.join(SCORES)}")
         changes["scores"] = scores
     if args.sparsities:
-        try:
-            sparsities = tuple(float(s) for s in args.sparsities.split(","))
-        except ValueError:
-            raise ExperimentError(f"--sparsities {args.sparsities!r}: give numbers like 0.9,0.95") from None
-        if not sparsities or any(not 0 < s < 1 for s in sparsities):
-            raise ExperimentError(f"--sparsities {args.sparsities!r}: each must lie strictly between 0 and 1")
-        changes["sparsities"] = sparsities
+        changes["sparsities"] = fractions("--sparsities", args.sparsities)
+    if args.channel_ratios:
+        changes["channel_ratios"] = () if args.channel_ratios.strip() == "0" else fractions("--channel-ratios",
+                                                                                            args.channel_ratios)
+    if args.channel_importances:
+        importances = tuple(s.strip() for s in args.channel_importances.split(",") if s.strip())
+        if not importances or any(s not in CHANNEL_IMPORTANCES for s in importances):
+            raise ExperimentError(f"--channel-importances {args.channel_importances!r}: choose from "
+                                  f"{', '.join(CHANNEL_IMPORTANCES)}")
+        changes["channel_importances"] = importances
     for name in ("seeds", "epochs", "train_samples"):
         value = getattr(args, name)
         if value is not None and value < (0 if name == "train_samples" else 1):
@@ -126,6 +146,19 @@ def profile_from_args(args: argparse.Namespace) -> Profile:
     return replace(profile, **changes)
 
 
+def fractions(flag: str, text: str) -> tuple[float, ...]:
+    """Comma-separated numbers strictly between 0 and 1, or an ExperimentError naming `flag`."""
+    from lnpt.lab.paper.experiment import ExperimentError
+
+    try:
+        values = tuple(float(s) for s in text.split(","))
+    except ValueError:
+        raise ExperimentError(f"{flag} {text!r}: give numbers like 0.3,0.5") from None
+    if not values or any(not 0 < v < 1 for v in values):
+        raise ExperimentError(f"{flag} {text!r}: each must lie strictly between 0 and 1")
+    return values
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -134,7 +167,9 @@ def run(args: argparse.Namespace) -> int:
     profile = profile_from_args(args)
     out = Path(args.out or f"results/grid-{profile.name}")
     result = run_grid(profile, out, teacher_path=Path(args.teacher) if args.teacher else None, fresh=args.fresh)
-    emit(args, result, f"{result['markdown']}\nwrote {out / 'grid.json'}, {out / 'grid.md'}, {out / 'grid.png'}")
+    written = [out / name for name in ("grid.json", "grid.md", "grid.png")] + (
+        [out / "grid-latency.png"] if profile.channel_ratios else [])
+    emit(args, result, f"{result['markdown']}\nwrote {', '.join(map(str, written))}")
     return 0
 
 
@@ -145,12 +180,15 @@ def run_key(score: str, training: str, sparsity: float, seed: int) -> str:
 
 
 def planned_runs(profile: Profile) -> list[tuple[str, str, float, int]]:
-    """Seed by seed (a stopped grid has complete seeds first), dense references first."""
+    """Seed by seed (a stopped grid has complete seeds first), dense references first, structured
+    rows last; a structured row's third element is its channel ratio."""
     runs = []
     for seed in profile.seeds:
         runs += [(DENSE, training, 0.0, seed) for training in profile.trainings]
         runs += [(score, training, sparsity, seed) for sparsity in profile.sparsities
                  for score in profile.scores for training in profile.trainings]
+        runs += [(CHANNELS + importance, training, ratio, seed) for ratio in profile.channel_ratios
+                 for importance in profile.channel_importances for training in profile.trainings]
     return runs
 
 
@@ -219,7 +257,8 @@ def run_grid(profile: Profile, out: Path, teacher_path: Path | None = None, fres
 
     plan = planned_runs(profile)
     pending = [run for run in plan if run_key(*run) not in store["runs"]]
-    masks_cache: dict[tuple, tuple[dict, dict]] = {}
+    masks_cache: dict[tuple, tuple[Any, dict]] = {}
+    speeds: dict[Any, Any] = {}  # the dense ONNX file, then ORT latency per channel ratio (widths only)
     bar = tqdm(total=len(plan), initial=len(plan) - len(pending), unit="run", desc=f"grid {profile.name}",
                disable=not progress, file=sys.stderr)
     for score, training, sparsity, seed in pending:
@@ -227,7 +266,15 @@ def run_grid(profile: Profile, out: Path, teacher_path: Path | None = None, fres
         started = time.perf_counter()
         student = fresh_student(profile, spec, seed)
         prune_info: dict[str, Any] = {}
-        if score != DENSE:
+        if score.startswith(CHANNELS):
+            key = (score, sparsity, seed)
+            if key not in masks_cache:  # both arms train the same channel-pruned student
+                masks_cache.clear()
+                masks_cache[key] = prune_structured(profile, student, score[len(CHANNELS):], sparsity, seed,
+                                                    teacher, train_x, spec, speeds)
+            pruned, prune_info = masks_cache[key]
+            student = copy.deepcopy(pruned)
+        elif score != DENSE:
             key = (score, sparsity, seed)
             if key not in masks_cache:  # both arms train the same pruned student
                 masks_cache.clear()
@@ -249,11 +296,12 @@ def run_grid(profile: Profile, out: Path, teacher_path: Path | None = None, fres
         from lnpt.edge.student import sparsity as measured_sparsity
 
         metrics = ex.measure(student, spec, test_x, test_y, teacher_test)
+        structured = {k: v for k, v in prune_info.items() if k != "seconds"} if score.startswith(CHANNELS) else {}
         store["runs"][run_key(score, training, sparsity, seed)] = {
-            "score": score, "training": training, "sparsity": sparsity, "seed": seed,
-            "actual_sparsity": measured_sparsity(student), **metrics, "final_train_loss": losses[-1],
-            "diverged": diverged,
-            "prune_seconds": prune_info.get("score_seconds", 0.0), "seconds": time.perf_counter() - started,
+            "score": score, "training": training, "sparsity": 0.0 if structured else sparsity, "seed": seed,
+            **structured, "actual_sparsity": measured_sparsity(student), **metrics, "final_train_loss": losses[-1],
+            "diverged": diverged, "prune_seconds": prune_info.get("score_seconds", prune_info.get("seconds", 0.0)),
+            "seconds": time.perf_counter() - started,
         }
         ex.write_json(store_path, store)  # after every run: an interrupted grid resumes here
         bar.update(1)
@@ -263,6 +311,8 @@ def run_grid(profile: Profile, out: Path, teacher_path: Path | None = None, fres
     markdown = markdown_report(store, profile)
     ex.write_text(out / "grid.md", markdown)
     plot(store, profile, out / "grid.png")
+    if profile.channel_ratios:
+        plot_latency(store, profile, out / "grid-latency.png")
     return {"out": str(out), "profile": store["profile"], "teacher": store["teacher"], "recipe": store["recipe"],
             "machine": store["machine"], "summary": summarise(store, profile), "runs": list(store["runs"].values()),
             "markdown": markdown}
@@ -299,6 +349,40 @@ def prune(profile: Profile, student, score: str, sparsity: float, seed: int, tea
     return current_masks(student), report
 
 
+def prune_structured(profile: Profile, student, importance: str, ratio: float, seed: int, teacher, train_x, spec,
+                     speeds: dict) -> tuple[Any, dict[str, Any]]:
+    """The seeded student with `ratio` of its channels removed by `importance` (lnpt: group Taylor of
+    the learning gap + KD on the teacher's targets for `prune_samples` images; magnitude, random: no
+    data), and the speed that buys: MACs, params and ORT latency (batch 1, 1 thread) over dense."""
+    import torch
+
+    from lnpt.edge.onnx.latency import LatencySettings, model_onnx, side_by_side
+    from lnpt.edge.pruning.pipeline import make_batches, pick_samples
+    from lnpt.edge.pruning.structured import count_macs_and_params, prune_channels
+    from lnpt.shared.objectives import guided_objective
+
+    objective, batches = None, []
+    if importance == "lnpt":
+        objective = guided_objective(student_dim=student.feature_dim, teacher_dim=teacher.feature_dim)
+        batches = make_batches(train_x[pick_samples(len(train_x), profile.prune_samples, seed)], spec, 64, teacher)
+    started = time.perf_counter()
+    info = prune_channels(student, ratio, objective, batches, torch.zeros(1, *spec.shape),
+                          importance=CHANNEL_IMPORTANCES[importance], seed=seed)
+    seconds = time.perf_counter() - started
+    student.eval()
+    if "dense" not in speeds:
+        speeds["dense"] = model_onnx(fresh_student(profile, spec, 0).eval(), spec)
+    if ratio not in speeds:  # the widths, not the weights, decide the speed: once per ratio
+        timed = side_by_side({"dense": speeds["dense"], "pruned": model_onnx(student, spec)}, spec.shape,
+                             LatencySettings(threads=1, batch=1), rounds=3)
+        speeds[ratio] = {"latency_ms": timed["pruned"]["median_ms"], "dense_latency_ms": timed["dense"]["median_ms"],
+                         "latency_over_dense": timed["pruned"]["median_ms"] / timed["dense"]["median_ms"]}
+    macs, params = count_macs_and_params(student, torch.zeros(1, *spec.shape))
+    return student, {"importance": importance, "channel_ratio": ratio, "macs": macs, "params": params,
+                     "macs_over_dense": macs / info["macs_before"], "params_over_dense": params / info["params_before"],
+                     **speeds[ratio], "seconds": seconds}
+
+
 def machine() -> dict[str, Any]:
     import os
     import platform
@@ -320,11 +404,19 @@ def stats(values: list[float]) -> dict[str, float]:
 
 
 def summarise(store: dict[str, Any], profile: Profile) -> dict[str, dict[str, Any]]:
-    """Accuracy over seeds per (score, training, sparsity): {"score|training|sparsity": stats}."""
+    """Accuracy over seeds per (score, training, sparsity or channel ratio):
+    {"score|training|level": stats}; structured rows as "channels:IMPORTANCE|training|ratio"."""
     groups: dict[str, list[float]] = {}
     for run in store["runs"].values():
-        groups.setdefault(f"{run['score']}|{run['training']}|{run['sparsity']:g}", []).append(run["accuracy"])
+        level = run.get("channel_ratio", run["sparsity"])
+        groups.setdefault(f"{run['score']}|{run['training']}|{level:g}", []).append(run["accuracy"])
     return {key: stats(values) for key, values in sorted(groups.items())}
+
+
+def channel_speed(store: dict[str, Any]) -> dict[float, dict[str, float]]:
+    """MACs and ORT latency over dense per channel ratio (the same for every importance and seed)."""
+    return {run["channel_ratio"]: {"macs": run["macs_over_dense"], "latency": run["latency_over_dense"]}
+            for run in store["runs"].values() if "channel_ratio" in run}
 
 
 def cell(summary: dict[str, Any], key: str) -> str:
@@ -375,7 +467,44 @@ def markdown_report(store: dict[str, Any], profile: Profile) -> str:
                 ranked = sorted(means, key=means.get, reverse=True)
                 lines.append(f"| {s:g} | {ranked.index('lnpt') + 1} of {len(ranked)} | {ranked[0]} | "
                              f"{100 * means[ranked[0]]:.2f} |")
+    if profile.channel_ratios:
+        lines += [""] + channel_report(store, profile, summary)
     return "\n".join(lines) + "\n"
+
+
+def channel_report(store: dict[str, Any], profile: Profile, summary: dict[str, Any]) -> list[str]:
+    """The structured rows: accuracy per importance x training x channel ratio, the speed each ratio
+    buys, and the accuracy given up for a 2x and a 4x faster student."""
+    speed = channel_speed(store)
+    ratios = profile.channel_ratios
+    lines = ["### Channel pruning (structured rows)", "",
+             "Same students, seeds and training as above; channels removed from every prunable layer before "
+             "training (Torch-Pruning), by importance: lnpt = group Taylor of the label-free objective "
+             "(learning gap + KD on the teacher's targets), magnitude = L1, random. Speed: MACs and ONNX Runtime "
+             "latency (batch 1, 1 thread, this machine) over the dense student's.", "",
+             "| importance | training | " + " | ".join(f"{r:.0%} channels" for r in ratios) + " |",
+             "|---|---|" + "---|" * len(ratios)]
+    for importance in profile.channel_importances:
+        for training in profile.trainings:
+            cells = [cell(summary, f"{CHANNELS}{importance}|{training}|{r:g}") for r in ratios]
+            lines.append(f"| {importance} | {training} | " + " | ".join(cells) + " |")
+    for label, key in (("MACs / dense", "macs"), ("latency / dense", "latency")):
+        lines.append(f"| {label} | | " + " | ".join(f"{speed[r][key]:.2f}" if r in speed else "–" for r in ratios)
+                     + " |")
+    lines += ["", "Accuracy cost of speed (points below the dense student of the same training; the least "
+              "pruned ratio that reaches the speed-up):", "",
+              "| importance | training | 2x faster | 4x faster |", "|---|---|---|---|"]
+    for importance in profile.channel_importances:
+        for training in profile.trainings:
+            dense = summary.get(f"{DENSE}|{training}|0")
+            cells = []
+            for speedup in (2, 4):
+                fast = [r for r in sorted(ratios) if r in speed and speed[r]["latency"] <= 1 / speedup]
+                got = summary.get(f"{CHANNELS}{importance}|{training}|{fast[0]:g}") if fast else None
+                cells.append("not reached" if not fast else "–" if got is None or dense is None else
+                             f"{100 * (got['mean'] - dense['mean']):+.2f} at {fast[0]:.0%}")
+            lines.append(f"| {importance} | {training} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot(store: dict[str, Any], profile: Profile, path: Path) -> None:
@@ -408,6 +537,53 @@ def plot(store: dict[str, Any], profile: Profile, path: Path) -> None:
     ax.set_title(f"lnpt accuracy grid ({profile.name}): solid = guided label-free, dashed = supervised")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2, loc="lower left")
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    plt.close(fig)
+
+
+def plot_latency(store: dict[str, Any], profile: Profile, path: Path) -> None:
+    """Accuracy against ORT latency over dense for the structured rows (means over seeds), the dense
+    students at 1.0, and the Pareto front: the best accuracy reached at or below each latency."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lnpt.shared.files import atomic_write
+
+    summary, speed = summarise(store, profile), channel_speed(store)
+    colours = dict(zip(CHANNEL_IMPORTANCES, plt.get_cmap("tab10").colors))
+    fig, ax = plt.subplots(figsize=(8, 5))
+    points = []
+    for importance in profile.channel_importances:
+        for training in profile.trainings:
+            row = [(speed[r]["latency"], summary[f"{CHANNELS}{importance}|{training}|{r:g}"]) for r in
+                   profile.channel_ratios if r in speed and f"{CHANNELS}{importance}|{training}|{r:g}" in summary]
+            if row:
+                ax.errorbar([x for x, _ in row], [100 * p["mean"] for _, p in row],
+                            yerr=[100 * p["std"] for _, p in row], color=colours[importance], capsize=3, marker="o",
+                            linestyle="-" if training == "guided" else "--", label=f"{importance}, {training}")
+                points += [(x, 100 * p["mean"]) for x, p in row]
+    for training in profile.trainings:
+        dense = summary.get(f"{DENSE}|{training}|0")
+        if dense:
+            ax.plot([1.0], [100 * dense["mean"]], marker="s", color="grey", linestyle="none",
+                    label=f"dense student, {training}")
+            points.append((1.0, 100 * dense["mean"]))
+    front, best = [], float("-inf")
+    for x, y in sorted(points):
+        if y > best:
+            front.append((x, y))
+            best = y
+    if front:
+        ax.step([x for x, _ in front], [y for _, y in front], where="post", color="black", linewidth=1,
+                label="Pareto front")
+    ax.set_xlabel("ONNX Runtime latency / dense (batch 1, 1 thread)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"lnpt channel pruning ({profile.name}): solid = guided label-free, dashed = supervised")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
