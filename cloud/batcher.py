@@ -60,6 +60,7 @@ class Answer:
     forward_started: float
     forward_ended: float
     encoded: float
+    finite: bool = True  # False when a feature or logit on the wire is NaN or infinite
 
 
 class DynamicBatcher:
@@ -162,19 +163,21 @@ class DynamicBatcher:
 
     def encode(self, batch: list[Pending], features: torch.Tensor, logits: torch.Tensor,
                started: float, computed: float) -> list[Answer]:
-        """Each request's rows as a TargetsResponse; each wire dtype converted once for the batch."""
-        converted: dict[torch.dtype, tuple[np.ndarray, np.ndarray]] = {}
+        """Each request's rows as a TargetsResponse; each wire dtype converted (and checked finite:
+        extreme float input can overflow the teacher, or float16's range) once for the batch."""
+        converted: dict[torch.dtype, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         teacher_id, version = self.teacher.arch, self.teacher.version
         answers, offset = [], 0
         for p in batch:
             if p.target_dtype not in converted:
-                converted[p.target_dtype] = (features.to(p.target_dtype).numpy(), logits.to(p.target_dtype).numpy())
-            f, z = converted[p.target_dtype]
+                f, z = features.to(p.target_dtype).numpy(), logits.to(p.target_dtype).numpy()
+                converted[p.target_dtype] = (f, z, np.isfinite(f).all(axis=1) & np.isfinite(z).all(axis=1))
+            f, z, finite_rows = converted[p.target_dtype]
             rows = slice(offset, offset + p.size)
             response = pb.TargetsResponse(request_id=p.request_id, features=encode_array(f[rows]),
                                           logits=encode_array(z[rows]), teacher_id=teacher_id,
                                           teacher_version=version)
-            answers.append(Answer(response, p.size, started, computed, 0.0))
+            answers.append(Answer(response, p.size, started, computed, 0.0, bool(finite_rows[rows].all())))
             offset += p.size
         return answers
 

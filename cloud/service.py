@@ -117,16 +117,6 @@ def max_request_bytes(input_spec, max_request_batch: int) -> int:
     return max_request_batch * c * h * w * 4 + REQUEST_HEADROOM_BYTES
 
 
-def finite_targets(response: pb.TargetsResponse) -> bool:
-    """True when every feature and logit on the wire is finite (a view of the bytes, no copy).
-    Finite but extreme float input can overflow the teacher, or float16 targets (above 65504)."""
-    for tensor in (response.features, response.logits):
-        values = np.frombuffer(tensor.data, dtype=np.float16 if tensor.dtype == pb.DTYPE_FLOAT16 else np.float32)
-        if not np.isfinite(values).all():
-            return False
-    return True
-
-
 def reject_unknown_fields(message, name: str) -> None:
     """A peer built against a newer .proto would be silently misunderstood; say so instead."""
     numbers = sorted({f.field_number for f in unknown_fields.UnknownFieldSet(message)})
@@ -277,7 +267,7 @@ class GuidanceServicer(guidance_pb2_grpc.GuidanceServicer):
                     await self.fail(context, grpc.StatusCode.INTERNAL, f"teacher forward failed: {exc}")
                 finally:
                     self.budget.release(item.reserved)  # its answer is computed: what is left is small
-                if not finite_targets(answer.response):
+                if not answer.finite:  # checked on the batcher's thread, once per batch
                     await self.fail(context, grpc.StatusCode.INVALID_ARGUMENT,
                                     f"request {item.request_id}: the teacher's targets for these images are not finite "
                                     "(float input far outside the teacher's range overflowed); send uint8 pixels, or "
