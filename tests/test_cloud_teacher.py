@@ -1,8 +1,11 @@
-"""`lnpt teacher train|eval` on real Fashion-MNIST, single process and torchrun DDP (gloo, 2 CPUs)."""
+"""`lnpt teacher train|eval` on real Fashion-MNIST, single process and torchrun DDP (gloo, 2 CPUs),
+the DDP run interrupted by SIGTERM and resumed."""
 from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 
@@ -62,19 +65,37 @@ def test_loading_a_wrong_or_corrupt_file_fails_clearly(tmp_path, capsys):
     Teacher.load(good)  # the original still loads
 
 
-def test_torchrun_ddp_with_two_cpu_processes_writes_a_teacher(tmp_path, repo_root):
-    out = tmp_path / "T-ddp.pt"
+def test_torchrun_ddp_interrupted_by_sigterm_resumes_every_rank_from_rank_0s_checkpoint(tmp_path):
+    """Two gloo processes: SIGTERM to torchrun mid-epoch stops both ranks at one step, rank 0 writes
+    the checkpoint; the same command with --resume loads it on both ranks and finishes the run."""
+    out, checkpoint = tmp_path / "T-ddp.pt", tmp_path / "T-ddp.pt.ckpt"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "lnpt.shared.cli", "teacher", "train", "--model", "lenet5", "--epochs", "1", "--out", str(out),
-         "--device", "cpu", "--format", "json",
-         "--set", "teacher.train_samples=512", "--set", "teacher.test_samples=256"],
-        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "lnpt.shared.cli", "teacher", "train", "--model", "lenet5", "--epochs", "2", "--out", str(out),
+               "--device", "cpu", "--format", "json", "--batch-size", "8", "--checkpoint-every", "5",
+               "--set", "teacher.train_samples=512", "--set", "teacher.test_samples=64"]  # 32 steps per epoch
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               cwd=tmp_path)
+    seen = []
+    for line in process.stderr:
+        seen.append(line)
+        if line.startswith('{"event": "step"') and json.loads(line)["step"] == 8:
+            process.send_signal(signal.SIGTERM)
+            break
+    stderr = "".join(seen) + process.communicate(timeout=120)[1]
+    stops = re.findall(r"interrupted at step (\d+)/64; checkpoint", stderr)
+    assert len(stops) == 2 and stops[0] == stops[1], stderr[-3000:]  # both ranks stopped at the same step
+    stopped = int(stops[0])
+    assert torch.load(checkpoint, weights_only=True)["step"] == stopped and not out.exists()
+
+    done = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert len(results) == 1, done.stdout  # only rank 0 reports
     assert results[0]["world_size"] == 2 and results[0]["train_samples"] == 512
+    assert results[0]["resumed_from_step"] == stopped and results[0]["steps"] == 64
+    steps = [json.loads(line)["step"] for line in done.stderr.splitlines() if line.startswith('{"event": "step"')]
+    assert steps == list(range(stopped + 1, 65))  # rank 0 reports; rank 1 ran in step with it (DDP all-reduce)
     teacher = Teacher.load(out)
     assert teacher.version == results[0]["version"]
     assert teacher.record.extra["world_size"] == 2
