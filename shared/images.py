@@ -13,8 +13,10 @@
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
+import struct
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -103,6 +105,21 @@ def scan_images(root: str | os.PathLike, recursive: bool = True) -> ImageList:
 
 # --- decoding one file ---------------------------------------------------------------------------
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_header(data: np.ndarray) -> tuple[int, int, str, int] | None:
+    """(width, height, "PNG", frames) from a PNG's IHDR chunk; None for anything else (PIL reads it).
+    An animated PNG (acTL chunk before the image data) counts its frames."""
+    head = data[:4096].tobytes()
+    if len(head) < 24 or not head.startswith(PNG_SIGNATURE) or head[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", head[16:24])
+    actl = head.find(b"acTL")
+    frames = struct.unpack(">I", head[actl + 4:actl + 8])[0] if 0 < actl < head.find(b"IDAT") else 1
+    return width, height, "PNG", max(frames, 1)
+
+
 def decode_file(path: str | os.PathLike, preprocess: Preprocess,
                 max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[torch.Tensor, bool]:
     """uint8 (C, H, W) shaped by `preprocess`, and whether it was a 16-bit image scaled to 8 bits.
@@ -113,14 +130,16 @@ def decode_file(path: str | os.PathLike, preprocess: Preprocess,
     from torchvision.io import ImageReadMode, decode_image
 
     try:
-        if os.path.getsize(path) == 0:
+        data = np.fromfile(path, dtype=np.uint8)  # a bomb is small on disk: reading is safe, decoding is not
+        if data.size == 0:
             raise BadImage(path, "empty file: 0 bytes")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides
-            with Image.open(path) as header:  # reads the header only
-                width, height, kind = header.width, header.height, header.format
-                frames = getattr(header, "n_frames", 1)
-        data = np.fromfile(path, dtype=np.uint8)
+        header = png_header(data)  # the common case, without PIL's per-file cost
+        if header is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides
+                with Image.open(io.BytesIO(data)) as image:  # parses the header only
+                    header = image.width, image.height, image.format, getattr(image, "n_frames", 1)
+        width, height, kind, frames = header
     except BadImage:
         raise
     except Image.DecompressionBombError:
