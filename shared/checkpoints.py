@@ -39,12 +39,14 @@ def rng_state() -> dict[str, Any]:
     """The global RNG states a run consumes (torch CPU and CUDA, Python, NumPy)."""
     return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
             "numpy": numpy_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+            # only when this process uses CUDA: capturing would otherwise start a CUDA context
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []}
 
 
 def numpy_state() -> list:
+    """NumPy's global RNG state as plain data (a checkpoint loads with weights_only=True)."""
     _, keys, position, has_gauss, gauss = np.random.get_state()
-    return [keys.tolist(), int(position), int(has_gauss), float(gauss)]  # plain data: loads with weights_only
+    return [keys.tolist(), int(position), int(has_gauss), float(gauss)]
 
 
 def restore_rng(rng: Mapping[str, Any]) -> None:
@@ -54,7 +56,7 @@ def restore_rng(rng: Mapping[str, Any]) -> None:
     if rng.get("numpy"):
         keys, position, has_gauss, gauss = rng["numpy"]
         np.random.set_state(("MT19937", np.asarray(keys, dtype=np.uint32), position, has_gauss, gauss))
-    if rng.get("cuda") and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+    if rng.get("cuda") and torch.cuda.is_initialized() and len(rng["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 

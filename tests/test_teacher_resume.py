@@ -92,3 +92,26 @@ def test_finished_work_is_refused_and_progress_is_reported_within_an_epoch(tmp_p
     assert main([*small, "--resume", "--batch-size", "32"]) == 2
     assert f"{checkpoint} has batch_size=16 but this run has 32" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_checkpoints_restore_every_rng_and_keep_the_two_trainers_apart(tmp_path, capsys):
+    import random
+
+    import numpy as np
+
+    from lnpt.edge.training.checkpoints import save_checkpoint as save_edge_checkpoint
+    from lnpt.shared.checkpoints import load_checkpoint, restore_rng, save_checkpoint
+
+    path = save_checkpoint(tmp_path / "run.ckpt", {"step": 3}, "lnpt-test-checkpoint")
+    drawn = (torch.rand(3), random.random(), np.random.rand(2))
+    state = load_checkpoint(path, "lnpt-test-checkpoint", "test checkpoint")
+    restore_rng(state["rng"])
+    again = (torch.rand(3), random.random(), np.random.rand(2))
+    assert torch.equal(drawn[0], again[0]) and drawn[1] == again[1] and np.array_equal(drawn[2], again[2])
+
+    out = tmp_path / "T.pt"
+    save_edge_checkpoint(tmp_path / "T.pt.ckpt", {"step": 5})  # a student's checkpoint where the teacher's goes
+    code = main(["teacher", "train", "--model", "lenet5", "--epochs", "1", "--out", str(out), "--resume",
+                 "--set", "teacher.train_samples=64", "--set", "teacher.test_samples=32"])
+    assert code == 2
+    assert "T.pt.ckpt: not an lnpt teacher training checkpoint" in capsys.readouterr().err
