@@ -53,6 +53,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--structured", type=float, metavar="RATIO",
                         help="first remove this fraction of channels (Torch-Pruning, Taylor importance of the "
                              "same objective); keeps the feature width the teacher expects")
+    parser.add_argument("--target-latency-ms", type=float, metavar="MS",
+                        help="instead of a fixed RATIO, remove channels step by step until the exported ONNX model's "
+                             "median latency in ONNX Runtime on this machine is at most MS (prune.target_latency_ms)")
+    parser.add_argument("--target-macs", type=int, metavar="N",
+                        help="... until one image costs at most N multiply-accumulates (prune.target_macs)")
+    parser.add_argument("--target-params", type=int, metavar="N",
+                        help="... until the model has at most N parameters (prune.target_params)")
+    parser.add_argument("--threads", type=int,
+                        help="ONNX Runtime threads the latency target is measured with (prune.latency_threads, default 1)")
+    parser.add_argument("--batch", type=int,
+                        help="batch size the latency target is measured at (prune.latency_batch, default 1)")
     parser.add_argument("--data", metavar="DIR",
                         help="folder of unlabeled images (any depth; labels never read); default: the "
                              "Fashion-MNIST training images")
@@ -81,7 +92,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 PRUNE_FLAGS = {**{flag: f"prune.{flag}" for flag in (
     "score", "sparsity", "structured", "scope", "samples", "batch_size", "min_layer_density", "objective",
-    "synflow_rounds", "seed", "keep_classifier_dense", "synflow_float64")}, **CLIENT_FLAGS,
+    "synflow_rounds", "seed", "keep_classifier_dense", "synflow_float64", "target_latency_ms", "target_macs",
+    "target_params")}, "threads": "prune.latency_threads", "batch": "prune.latency_batch", **CLIENT_FLAGS,
     **{flag: f"model.{flag}" for flag in ("num_classes", "input_size", "channels", "weights", "feature_node")}}
 
 

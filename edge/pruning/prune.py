@@ -67,7 +67,7 @@ def prune(student: str | Classifier | None = None, teacher: TargetSource | str |
     out = Path(out) if out is not None else None
     if out is not None and out.exists() and not overwrite:
         raise PruneError(f"{out} exists; choose another --out, or pass --overwrite to replace it")
-    objective_kind = pipeline.resolve_objective(cfg.score, cfg.objective, cfg.structured > 0)
+    objective_kind = pipeline.resolve_objective(cfg.score, cfg.objective, pipeline.prunes_channels(cfg))
     needs_teacher = teacher is not None or objective_kind == "learning-gap"
     notes: list[str] = []
     with opened_teacher(teacher if needs_teacher else False, config.client) as source:
@@ -97,7 +97,8 @@ def prune(student: str | Classifier | None = None, teacher: TargetSource | str |
                       teacher_version=source.version if source else "", data=data_name(images), notes=notes)
     result = PruneResult(Student(model, spec, class_names, report["teacher_version"],
                                  {"prune": {k: v for k, v in report.items() if k != "weights_per_layer"},
-                                  "structured": cfg.structured > 0}, preprocess=preprocess), report, notes=notes)
+                                  "structured": pipeline.prunes_channels(cfg)}, preprocess=preprocess),
+                         report, notes=notes)
     if out is not None:
         write_results(result, out)
     return result
