@@ -13,7 +13,7 @@ import argparse
 import importlib
 
 BENCH_MODULES = ("lnpt.lab.bench.serve", "lnpt.lab.bench.prune", "lnpt.lab.bench.train",
-                 "lnpt.lab.bench.export", "lnpt.lab.bench.reliability", "lnpt.lab.bench.device")
+                 "lnpt.lab.bench.export", "lnpt.lab.bench.reliability", "lnpt.lab.bench.device", "lnpt.lab.bench.data")
 ANALYSIS_MODULES = ("lnpt.lab.paper.learning_gap", "lnpt.lab.paper.grid")
 
 
