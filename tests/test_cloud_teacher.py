@@ -2,6 +2,7 @@
 the DDP run interrupted by SIGTERM and resumed."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -76,6 +77,8 @@ def test_torchrun_ddp_interrupted_by_sigterm_resumes_every_rank_from_rank_0s_che
                "--set", "teacher.train_samples=512", "--set", "teacher.test_samples=64"]  # 32 steps per epoch
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                cwd=tmp_path)
+    # a one-page pipe: the run blocks a few dozen lines ahead of this reader, so the signal lands mid-run
+    fcntl.fcntl(process.stderr.fileno(), fcntl.F_SETPIPE_SZ, 4096)
     seen = []
     for line in process.stderr:
         seen.append(line)

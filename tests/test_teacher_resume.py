@@ -3,6 +3,7 @@ stopped at and says how to resume (exit 130), --resume ends exactly where an uni
 does, finished work is never silently replaced, and JSON progress arrives within an epoch."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shlex
@@ -31,6 +32,8 @@ def test_sigterm_checkpoints_the_step_and_resume_matches_an_uninterrupted_run(tm
     args = ["teacher", "train", *TINY, "--out", str(out)]
     process = subprocess.Popen([sys.executable, "-m", "lnpt.shared.cli", *args], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    # a one-page pipe: the run blocks a few dozen lines ahead of this reader, so the signal lands mid-run
+    fcntl.fcntl(process.stderr.fileno(), fcntl.F_SETPIPE_SZ, 4096)
     stderr = []
     for line in process.stderr:  # SIGTERM once step 12 is reported (mid-epoch, past a checkpoint at 7)
         stderr.append(line)
