@@ -227,3 +227,27 @@ def test_scores_come_from_one_registry_with_their_facts():
     assert scorers.SCORERS["synflow"].iterative and not scorers.SCORERS["lnpt"].iterative
     with pytest.raises(PruneError, match="unknown score 'best'; choose one of .*lnpt"):
         make_scorer("best", None, SPEC.shape)
+
+
+def test_progressive_lnpt_reaches_the_target_with_nested_masks_and_differs_from_one_shot(batches):
+    """lnpt-progressive: rounds of the LNPT sensitivity on the network pruned so far."""
+    from lnpt.shared.config import PruneConfig
+
+    config = PruneConfig(score="lnpt-progressive", sparsity=0.95, progressive_rounds=4)
+    scorer = make_scorer("lnpt-progressive", guided_objective(student_dim=84, teacher_dim=64), SPEC.shape, config)
+    assert scorer.iterative and scorer.rounds(config) == 4
+    seen = []
+
+    class Recording(type(scorer)):  # the same scorer, remembering the masks each round started from
+        def score(self, model, batch_list):
+            seen.append({n: m.clone() for n, m in current_masks(model).items()})
+            return super().score(model, batch_list)
+
+    model = student("lenet5")
+    final = prune_loop(model, Recording(guided_objective(student_dim=84, teacher_dim=64)), batches, 0.95, rounds=4)
+    assert sparsity(model) == pytest.approx(0.95, abs=1e-3)
+    rounds = [*seen[1:], final]  # the masks after rounds 1..4
+    for earlier, later in zip(rounds, rounds[1:]):
+        assert all(not (later[n] & ~earlier[n]).any() for n in later)  # a weight pruned stays pruned
+    one_shot = prune_loop(student("lenet5"), make_scorer("lnpt", guided_objective(student_dim=84, teacher_dim=64), SPEC.shape), batches, 0.95)
+    assert any(not torch.equal(final[n], one_shot[n]) for n in final)

@@ -39,8 +39,8 @@ def resolve_objective(score: str, objective: str, structured: bool) -> str | Non
     cross-entropy for the supervised baselines snip/grasp); data-free scores need none unless
     channel pruning does."""
     own = scorer_class(score).objective
-    if own == "learning-gap" and score == "lnpt" and objective == "cross-entropy":
-        raise PruneError("the lnpt score is defined by the label-free learning gap; for SNIP with "
+    if own == "learning-gap" and objective == "cross-entropy":
+        raise PruneError(f"the {score} score is defined by the label-free learning gap; for SNIP with "
                          "cross-entropy use --score snip")
     if own is None:
         return None if not structured else ("learning-gap" if objective == "auto" else objective)
@@ -115,7 +115,7 @@ def prune_student(model: ZooNet, batches: list[tuple[torch.Tensor, Targets]], pr
         details["structured"]["seconds"] = time.perf_counter() - started
     if cfg.sparsity > 0:
         scorer = make_scorer(cfg.score, objective, input_spec.shape, cfg)
-        rounds = cfg.synflow_rounds if scorer.iterative else 1
+        rounds = scorer.rounds(cfg)
         started = time.perf_counter()
         prune_loop(model, scorer, batches, cfg.sparsity, scope=cfg.scope, rounds=rounds,
                    min_layer_density=cfg.min_layer_density, keep_classifier_dense=cfg.keep_classifier_dense,

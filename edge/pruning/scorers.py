@@ -77,6 +77,11 @@ class Scorer:
         return self.objective is not None
 
     @classmethod
+    def rounds(cls, prune_config) -> int:
+        """Scoring rounds of the exponential schedule (`masks.prune_loop`); 1 = one shot."""
+        return 1
+
+    @classmethod
     def create(cls, objective: Objective | None, input_shape: Sequence[int], prune_config) -> "Scorer":
         """An instance for one pruning run ([prune] config, the student's input shape)."""
         return cls()
@@ -154,6 +159,21 @@ class LNPT(SNIP):
 
 
 @register_scorer
+class ProgressiveLNPT(LNPT):
+    """The LNPT sensitivity recomputed over `prune.progressive_rounds` rounds with an exponential
+    sparsity schedule (as SynFlow iterates, and as the same authors' TED prunes progressively):
+    each round scores the student with the weights pruned so far removed, so the gradient flow a
+    weight carries is measured in the network that will actually be trained."""
+
+    name, iterative = "lnpt-progressive", True
+    summary = "LNPT recomputed over rounds with an exponential sparsity schedule"
+
+    @classmethod
+    def rounds(cls, prune_config) -> int:
+        return prune_config.progressive_rounds
+
+
+@register_scorer
 class GraSP(Scorer):
     """Gradient Signal Preservation (Wang et al. 2020): score = w * (H g), H the Hessian and g the
     gradient of the objective over all batches, normalised by |sum of scores| as in Synaptic-Flow.
@@ -205,6 +225,10 @@ class SynFlow(Scorer):
     @classmethod
     def create(cls, objective, input_shape, prune_config):
         return cls(input_shape, prune_config.synflow_float64)
+
+    @classmethod
+    def rounds(cls, prune_config) -> int:
+        return prune_config.synflow_rounds
 
     def score(self, model, batches=()):
         work = working_copy(model).to(self.dtype).eval()  # eval: batch norm uses its (abs) statistics

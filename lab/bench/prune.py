@@ -6,6 +6,7 @@ side and interleaved, repeated; medians are reported as ratios to SNIP with labe
   forward per batch), then one forward/backward of the learning gap + KD, then the masks;
 - lnpt_score_only_over_snip: the same without the targets (what the device pays when the cloud
   computes them);
+- lnpt_progressive_over_snip: the LNPT sensitivity recomputed over rounds (10 by default);
 - synflow_over_snip: SynFlow's iterative rounds (100 by default), data-free.
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ def register(actions: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="samples per forward/backward (default 64)")
     parser.add_argument("--sparsity", type=float, default=0.95, help="target sparsity (default 0.95)")
     parser.add_argument("--synflow-rounds", type=int, default=100, help="SynFlow rounds (default 100)")
+    parser.add_argument("--progressive-rounds", type=int, default=10, help="lnpt-progressive rounds (default 10)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions of each (default 5)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     add_format_option(parser)
@@ -36,13 +38,15 @@ def register(actions: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     result = prune_benchmark(args.model, args.teacher_model or args.model, samples=args.samples,
                              batch_size=args.batch_size, sparsity=args.sparsity, synflow_rounds=args.synflow_rounds,
+                             progressive_rounds=args.progressive_rounds,
                              repeats=args.repeats, threads=args.threads)
     emit(args, result, format_result(result))
     return 0
 
 
 def prune_benchmark(model: str, teacher_model: str, *, samples: int = 100, batch_size: int = 64,
-                    sparsity: float = 0.95, synflow_rounds: int = 100, repeats: int = 5, threads: int = 1) -> dict:
+                    sparsity: float = 0.95, synflow_rounds: int = 100, progressive_rounds: int = 10,
+                    repeats: int = 5, threads: int = 1) -> dict:
     """Median seconds of each way to prune `model`, interleaved over `repeats`, and their ratios to SNIP."""
     import tempfile
     from pathlib import Path
@@ -51,7 +55,7 @@ def prune_benchmark(model: str, teacher_model: str, *, samples: int = 100, batch
 
     from lnpt.edge.pruning.masks import prune_loop
     from lnpt.edge.pruning.pipeline import make_batches, pick_samples
-    from lnpt.edge.pruning.scorers import LNPT, SNIP, SynFlow
+    from lnpt.edge.pruning.scorers import LNPT, SNIP, ProgressiveLNPT, SynFlow
     from lnpt.edge.teachers import LocalTeacher
     from lnpt.shared.model_file import save_model
     from lnpt.shared.data import FASHION_MNIST_CLASSES, FASHION_MNIST_SPEC, load_fashion_mnist
@@ -88,11 +92,16 @@ def prune_benchmark(model: str, teacher_model: str, *, samples: int = 100, batch
     def lnpt_score_only():
         prune_loop(student(), LNPT(objective), guided, sparsity)
 
+    def lnpt_progressive():
+        batches = make_batches(images, spec, batch_size, teacher)
+        prune_loop(student(), ProgressiveLNPT(objective), batches, sparsity, rounds=progressive_rounds)
+
     def synflow():
         prune_loop(student(), SynFlow(spec.shape), [], sparsity, rounds=synflow_rounds,
                    min_layer_density=0.0)
 
-    runs = {"snip": snip, "lnpt": lnpt, "lnpt_score_only": lnpt_score_only, "synflow": synflow}
+    runs = {"snip": snip, "lnpt": lnpt, "lnpt_score_only": lnpt_score_only, "lnpt_progressive": lnpt_progressive,
+            "synflow": synflow}
     for fn in runs.values():  # warm-up: allocator, lazy imports
         fn()
     seconds: dict[str, list[float]] = {name: [] for name in runs}
@@ -105,10 +114,12 @@ def prune_benchmark(model: str, teacher_model: str, *, samples: int = 100, batch
     result = {
         "lnpt_over_snip": median["lnpt"] / median["snip"],
         "lnpt_score_only_over_snip": median["lnpt_score_only"] / median["snip"],
+        "lnpt_progressive_over_snip": median["lnpt_progressive"] / median["snip"],
         "synflow_over_snip": median["synflow"] / median["snip"],
         "median_seconds": median,
         "model": model, "teacher_model": teacher_model, "samples": len(images),
         "batch_size": batch_size, "sparsity": sparsity, "synflow_rounds": synflow_rounds,
+        "progressive_rounds": progressive_rounds,
         "repeats": repeats, "threads": threads, "target_lnpt_over_snip": 1.3,
     }
     return result
@@ -117,6 +128,7 @@ def prune_benchmark(model: str, teacher_model: str, *, samples: int = 100, batch
 def format_result(result: dict) -> str:
     median = result["median_seconds"]
     synflow = f"SynFlow, {result['synflow_rounds']} rounds"
+    progressive = f"LNPT progressive, {result['progressive_rounds']} rounds"
     return "\n".join([
         f"pruning {result['model']} to {result['sparsity']:.0%} with {result['samples']} Fashion-MNIST samples "
         f"(batch {result['batch_size']}, {result['threads']} thread(s), median of {result['repeats']})",
@@ -124,6 +136,7 @@ def format_result(result: dict) -> str:
         f"{'LNPT incl. teacher targets':<36} {median['lnpt']:8.3f} s   {result['lnpt_over_snip']:.2f}x  (target <= 1.3x)",
         f"{'LNPT, targets already fetched':<36} {median['lnpt_score_only']:8.3f} s   "
         f"{result['lnpt_score_only_over_snip']:.2f}x",
+        f"{progressive:<36} {median['lnpt_progressive']:8.3f} s   {result['lnpt_progressive_over_snip']:.2f}x",
         f"{synflow:<36} {median['synflow']:8.3f} s   "
         f"{result['synflow_over_snip']:.2f}x",
     ])
