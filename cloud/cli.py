@@ -138,8 +138,10 @@ def run_teacher_train(args: argparse.Namespace) -> int:
         return 0
     tested = "no validation set" if result["test_accuracy"] is None else \
         f"accuracy {result['test_accuracy']:.4f} on {result['evaluated_on']}"
+    resumed = f", resumed from step {result['resumed_from_step']}" if result["resumed_from_step"] else ""
     emit(args, result, f"wrote {result['path']}: {result['arch']} version {result['version']}, "
-                       f"{tested} after {result['epochs']} epochs ({result['data']['bad_files']} bad files skipped)")
+                       f"{tested} after {result['epochs']} epochs ({result['steps']} steps{resumed}; "
+                       f"{result['data']['bad_files']} bad files skipped)")
     return 0
 
 
