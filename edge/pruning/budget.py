@@ -84,6 +84,7 @@ def measure(model: Classifier, spec: InputSpec, budget: Budget) -> dict[str, Any
 
 
 def meets(figures: dict[str, Any], budget: Budget) -> bool:
+    """Whether measured `figures` are within every target of `budget`."""
     return all(figures[name] <= target for name, target in budget.targets().items())
 
 
@@ -101,7 +102,10 @@ def prune_to_budget(model: Classifier, budget: Budget, objective: Objective | No
     started = time.perf_counter()
     example = torch.zeros((1, *spec.shape), device=model_device(model))
     count = max(1, round(budget.max_ratio / budget.step))
-    pruner = channel_pruner(model, example, budget.max_ratio, importance, steps=count)
+    try:
+        pruner = channel_pruner(model, example, budget.max_ratio, importance, steps=count)
+    except ValueError as exc:  # a model Torch-Pruning cannot trace, or without a final Linear
+        raise PruneError(str(exc)) from exc
     steps = [{"step": 0, "ratio": 0.0, **measure(model, spec, budget)}]
     steps[0]["met"] = meets(steps[0], budget)
     on_step(steps[0])
