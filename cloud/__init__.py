@@ -13,6 +13,7 @@ from lnpt.shared.exports import lazy_exports
 _OWNERS = {
     "serve": "lnpt.cloud.serving", "BackgroundServer": "lnpt.cloud.background",
     "train_teacher": "lnpt.cloud.teacher_training", "evaluate_checkpoint": "lnpt.cloud.teacher_training",
+    "TeacherTrainingInterrupted": "lnpt.cloud.teacher_training",
 }
 __all__ = list(_OWNERS)
 __getattr__, __dir__ = lazy_exports(__name__, _OWNERS)

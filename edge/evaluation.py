@@ -20,7 +20,8 @@ from lnpt.shared.labeled import open_labeled
 from lnpt.shared.preprocess import Preprocess
 from lnpt.shared.inference import outputs, top1
 from lnpt.shared.objectives import learning_gap
-from lnpt.shared.zoo import InputSpec, ZooNet
+from lnpt.shared.models import InputSpec
+from lnpt.shared.zoo import ZooNet
 
 
 def labeled_folder(root: str | Path, spec: InputSpec | Preprocess, class_names: Sequence[str],

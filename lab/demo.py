@@ -162,7 +162,8 @@ class Demo:
 
             config = updated(Config(), "teacher", model=self.s.teacher_model, epochs=self.s.teacher_epochs,
                              train_samples=self.s.teacher_images)
-            trained = train_teacher(config, str(self.path("teacher.pt")), device="cpu")
+            # The stage record decides what is redone: an unrecorded teacher file is a leftover.
+            trained = train_teacher(config, str(self.path("teacher.pt")), device="cpu", overwrite=True)
             result.update(path=trained["path"], arch=trained["arch"], version=trained["version"],
                           test_accuracy=trained["test_accuracy"], history=trained["history"])
 

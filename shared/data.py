@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from lnpt.shared.images import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, BadFiles, DataError, DecodedFiles,
                                 check_readable, scan_images, stream_batches)
 from lnpt.shared.preprocess import Preprocess
-from lnpt.shared.zoo import InputSpec
+from lnpt.shared.models import InputSpec
 
 __all__ = ["DataError", "IMAGE_EXTENSIONS", "UnlabeledImageFolder", "adapt", "normalize", "load_fashion_mnist",
            "prepare_fashion_mnist", "random_crop_flip", "write_image_folder", "as_preprocess"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from lnpt.shared.data import adapt, normalize
-from lnpt.shared.zoo import InputSpec
+from lnpt.shared.models import InputSpec
 
 
 @torch.inference_mode()

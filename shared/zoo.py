@@ -7,8 +7,8 @@ pooling and flattening); `head` is that final `nn.Linear`, so the generic featur
 
 The zoo's `resnet18` and `mobilenet_v2` are torchvision's, re-stemmed for small inputs; for the
 standard stems use `torchvision:resnet18` / `torchvision:mobilenet_v2`. torchvision is imported only
-when one of them is asked for. `InputSpec` and `build_model` live in `lnpt.shared.models` and are
-re-exported here for older imports.
+when one of them is asked for. Build zoo models through
+`lnpt.shared.models.build_model` like any other spec.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from lnpt.shared.models import Classifier, InputSpec, build_model  # noqa: F401  (re-exported)
+from lnpt.shared.classifier import Classifier
 
 
 class ZooNet(Classifier):

@@ -19,7 +19,7 @@ from lnpt.shared.data import normalize
 from lnpt.shared.protocol import guidance_pb2 as pb
 from lnpt.shared.protocol import guidance_pb2_grpc
 from lnpt.shared.teacher_model import Teacher
-from lnpt.shared.zoo import InputSpec
+from lnpt.shared.models import InputSpec
 
 STREAM_METHOD = "/lnpt.v1.Guidance/StreamTargets"
 TIMEOUT = 60

@@ -46,7 +46,7 @@ def test_loading_a_wrong_or_corrupt_file_fails_clearly(tmp_path, capsys):
 
     from lnpt.shared.model_file import save_model
     from lnpt.shared.data import FASHION_MNIST_CLASSES, FASHION_MNIST_SPEC
-    from lnpt.shared.zoo import build_model
+    from lnpt.shared.models import build_model
 
     good = make_teacher(tmp_path / "T.pt")
     truncated = tmp_path / "truncated.pt"

@@ -3,7 +3,7 @@ import torch
 
 from lnpt.shared.data import (FASHION_MNIST_SPEC, DataError, UnlabeledImageFolder, adapt, normalize,
                               write_image_folder)
-from lnpt.shared.zoo import InputSpec
+from lnpt.shared.models import InputSpec
 
 
 def test_fashion_mnist_is_real_and_complete(fashion_train, fashion_test):

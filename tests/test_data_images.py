@@ -12,7 +12,7 @@ from PIL import Image
 from lnpt.shared.data import UnlabeledImageFolder, adapt
 from lnpt.shared.images import DataError, decode_file
 from lnpt.shared.preprocess import Preprocess
-from lnpt.shared.zoo import InputSpec
+from lnpt.shared.models import InputSpec
 
 RGB64 = InputSpec(3, 64, (0.5,) * 3, (0.25,) * 3)
 GREY64 = InputSpec(1, 64, (0.5,), (0.25,))

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from lnpt.shared.data import UnlabeledImageFolder
-from lnpt.shared.zoo import InputSpec
+from lnpt.shared.models import InputSpec
 
 SPEC = InputSpec(1, 32, (0.5,), (0.25,))  # 1 KiB per image: 20,000 kept would be 20 MiB
 

@@ -159,7 +159,7 @@ def test_target_cache_is_on_disk_and_survives_a_reopen(tmp_path):
 def test_preprocessing_round_trips_through_model_file_and_sidecar(tmp_path):
     from lnpt.edge.onnx.pipeline import input_description
     from lnpt.shared.model_file import save_model
-    from lnpt.shared.zoo import build_model
+    from lnpt.shared.models import build_model
 
     preprocess = Preprocess(3, 96, 128, (0.4, 0.5, 0.6), (0.2, 0.2, 0.2), resize=0, fit="pad", interpolation="bicubic")
     spec = preprocess.input_spec

@@ -19,7 +19,7 @@ from lnpt.edge.student import load_student, prunable_modules, save_student
 from lnpt.shared.model_file import ModelFileError, save_model
 from lnpt.shared.cli import main
 from lnpt.shared.data import FASHION_MNIST_CLASSES, FASHION_MNIST_SPEC, normalize
-from lnpt.shared.zoo import build_model
+from lnpt.shared.models import build_model
 
 CHECK_IMAGES = slice(1000, 1049)  # 49 = 7 x 7 test images the exporter's own check does not use
 

@@ -13,7 +13,7 @@ from support.servers import make_teacher, running_server, server_process
 
 from lnpt.edge.teachers.remote import GuidanceClient, GuidanceError, RetryPolicy, Window
 from lnpt.shared.teacher_model import Teacher
-from lnpt.shared.zoo import InputSpec
+from lnpt.shared.models import InputSpec
 
 FAST_RETRY = RetryPolicy(max_attempts=40, max_wait_seconds=30, base_seconds=0.05, max_seconds=0.5)
 FOUR_MIB = 4 * 1024 * 1024

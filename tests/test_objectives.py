@@ -10,7 +10,7 @@ from lnpt.shared.data import FASHION_MNIST_CLASSES, FASHION_MNIST_SPEC, normaliz
 from lnpt.shared.objectives import (CrossEntropy, LearningGap, LogitKD, ObjectiveError, Targets, WeightedSum,
                                     guided_objective, learning_gap, logit_kd, objective_from_config)
 from lnpt.shared.teacher_model import Teacher
-from lnpt.shared.zoo import build_model
+from lnpt.shared.models import build_model
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from lnpt.edge.student import current_masks, load_student, make_permanent, pruna
 from lnpt.shared.model_file import save_model
 from lnpt.shared.data import FASHION_MNIST_CLASSES, FASHION_MNIST_SPEC, adapt, normalize
 from lnpt.shared.objectives import CrossEntropy, LearningGap, Targets, guided_objective
-from lnpt.shared.zoo import InputSpec, build_model
+from lnpt.shared.models import InputSpec, build_model
 
 SPEC = FASHION_MNIST_SPEC
 

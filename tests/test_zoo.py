@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from lnpt.shared.zoo import MODEL_NAMES, InputSpec, build_model
+from lnpt.shared.models import InputSpec, build_model
+from lnpt.shared.zoo import MODEL_NAMES
 
 GREY = InputSpec(1, 28, (0.5,), (0.5,))
 RGB = InputSpec(3, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))

@@ -18,7 +18,8 @@ from lnpt.edge.pruning.report import density_report
 from lnpt.edge.teachers import TargetSource
 from lnpt.shared.data import adapt, normalize
 from lnpt.shared.objectives import CrossEntropy, Objective, Targets, objective_from_config
-from lnpt.shared.zoo import InputSpec, ZooNet
+from lnpt.shared.models import InputSpec
+from lnpt.shared.zoo import ZooNet
 
 def scorer_class(score: str) -> type[scorers.Scorer]:
     """The registered scorer called `score`, or a PruneError listing the registered ones."""

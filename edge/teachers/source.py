@@ -15,7 +15,7 @@ import torch
 from lnpt.shared.errors import LnptError
 from lnpt.shared.protocol import guidance_pb2 as pb
 from lnpt.shared.teacher_model import Teacher
-from lnpt.shared.zoo import InputSpec
+from lnpt.shared.models import InputSpec
 
 
 class TeacherMismatch(LnptError, RuntimeError):

@@ -15,7 +15,7 @@ import torch
 
 from lnpt.shared.data import UnlabeledImageFolder, adapt, as_preprocess, load_fashion_mnist
 from lnpt.shared.preprocess import Preprocess
-from lnpt.shared.zoo import InputSpec
+from lnpt.shared.models import InputSpec
 
 
 class ImageSource:

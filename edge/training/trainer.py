@@ -32,7 +32,8 @@ from lnpt.shared.devices import resolve_device
 from lnpt.shared.errors import LnptError
 from lnpt.shared.objectives import Targets, learning_gap, objective_from_config
 from lnpt.shared.optim import make_optimizer
-from lnpt.shared.zoo import InputSpec, ZooNet
+from lnpt.shared.models import InputSpec
+from lnpt.shared.zoo import ZooNet
 
 
 class TrainingError(LnptError, RuntimeError):

@@ -92,7 +92,7 @@ def peak_rss_streaming(count: int, queue) -> None:
     from PIL import Image
 
     from lnpt.shared.data import UnlabeledImageFolder
-    from lnpt.shared.zoo import InputSpec
+    from lnpt.shared.models import InputSpec
 
     with tempfile.TemporaryDirectory(prefix="lnpt-bench-rss-") as tmp:
         buffer = io.BytesIO()

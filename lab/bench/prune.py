@@ -60,7 +60,7 @@ def prune_benchmark(model: str, teacher_model: str, *, samples: int = 100, batch
     from lnpt.shared.model_file import save_model
     from lnpt.shared.data import FASHION_MNIST_CLASSES, FASHION_MNIST_SPEC, load_fashion_mnist
     from lnpt.shared.objectives import CrossEntropy, guided_objective
-    from lnpt.shared.zoo import build_model
+    from lnpt.shared.models import build_model
 
     torch.set_num_threads(threads)
     spec = FASHION_MNIST_SPEC

@@ -624,7 +624,7 @@ def run(args: argparse.Namespace) -> int:
         folder = Path(tmp)
         from lnpt.shared.model_file import save_model
         from lnpt.shared.data import FASHION_MNIST_CLASSES, FASHION_MNIST_SPEC
-        from lnpt.shared.zoo import build_model
+        from lnpt.shared.models import build_model
 
         torch.manual_seed(0)
         checkpoint = str(folder / "teacher-lenet5.pt")

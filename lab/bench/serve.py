@@ -74,7 +74,7 @@ def default_teacher(folder: Path, model: str, input_size: int | None, channels: 
 
     from lnpt.shared.data import FASHION_MNIST_SPEC
     from lnpt.shared.model_file import save_model
-    from lnpt.shared.zoo import InputSpec, build_model
+    from lnpt.shared.models import InputSpec, build_model
 
     grey = model == "lenet5"
     channels = channels or (1 if grey else 3)

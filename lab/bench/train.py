@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from lnpt.shared.model_file import save_model
     from lnpt.shared.config import load_config
     from lnpt.shared.data import FASHION_MNIST_CLASSES, FASHION_MNIST_SPEC, load_fashion_mnist
-    from lnpt.shared.zoo import build_model
+    from lnpt.shared.models import build_model
 
     server_core, trainer_core = cores()
     os.sched_setaffinity(0, {trainer_core})

@@ -24,7 +24,8 @@ from lnpt.shared.errors import LnptError
 from lnpt.shared.inference import outputs, top1
 from lnpt.shared.objectives import CrossEntropy, Objective, Targets, guided_objective, learning_gap
 from lnpt.shared.optim import make_optimizer
-from lnpt.shared.zoo import InputSpec, ZooNet
+from lnpt.shared.models import InputSpec
+from lnpt.shared.zoo import ZooNet
 
 TRAININGS = ("guided", "supervised")
 
@@ -71,7 +72,8 @@ def ensure_teacher(path: Path, arch: str, train_samples: int, epochs: int, devic
           f"for {epochs} epoch(s) (cloud recipe: SGD, cosine, crop+flip)", file=sys.stderr, flush=True)
     config = load_config(None, [f"teacher.model={arch}", f"teacher.epochs={epochs}",
                                 f"teacher.train_samples={train_samples}", f"teacher.seed={seed}"])
-    summary = train_teacher(config, str(path), device=device)
+    summary = train_teacher(config, str(path), device=device,
+                            resume=Path(str(path) + ".ckpt").exists())  # an interrupted teacher continues
     summary.pop("history", None)
     return summary
 

@@ -323,7 +323,7 @@ def fresh_student(profile: Profile, spec, seed: int):
     import torch
 
     from lnpt.shared.data import FASHION_MNIST_CLASSES
-    from lnpt.shared.zoo import build_model
+    from lnpt.shared.models import build_model
 
     torch.manual_seed(seed)
     return build_model(profile.student, len(FASHION_MNIST_CLASSES), spec)

@@ -92,7 +92,7 @@ def learning_gap_experiment(out: Path, teacher_path: Path | None, *, teacher_arc
     from lnpt.shared.data import FASHION_MNIST_CLASSES
     from lnpt.shared.inference import top1
     from lnpt.shared.teacher_model import Teacher
-    from lnpt.shared.zoo import build_model
+    from lnpt.shared.models import build_model
 
     out.mkdir(parents=True, exist_ok=True)
     trained = None

@@ -37,7 +37,7 @@ def make_teacher(path, arch: str = "lenet5", input_spec=None, num_classes: int =
 
     from lnpt.shared.model_file import save_model
     from lnpt.shared.data import FASHION_MNIST_CLASSES, FASHION_MNIST_SPEC
-    from lnpt.shared.zoo import build_model
+    from lnpt.shared.models import build_model
 
     spec = input_spec or FASHION_MNIST_SPEC
     torch.manual_seed(seed)
@@ -54,7 +54,7 @@ def make_student(path, arch: str = "lenet5", density: float = 0.5, seed: int = 1
 
     from lnpt.edge.student import prunable_modules, save_student
     from lnpt.shared.data import FASHION_MNIST_CLASSES, FASHION_MNIST_SPEC
-    from lnpt.shared.zoo import build_model
+    from lnpt.shared.models import build_model
 
     torch.manual_seed(seed)
     model = build_model(arch, 10, FASHION_MNIST_SPEC)
