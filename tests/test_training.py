@@ -202,7 +202,7 @@ def test_target_cache_lets_an_epoch_run_with_the_server_down(teacher_path, stude
     first = json.loads(capsys.readouterr().out)
     assert first["steps"] == 8 and first["source_stats"]["responses"] == 8  # 512 samples fetched once
     version = Teacher.load(teacher_path).version
-    assert (cache / f"{version}.pt").is_file()
+    assert (cache / f"{version}.sqlite").is_file()  # on disk, not in memory
     # The server is gone now (its port is closed): the next run must not need it.
     rc = main(["train", "--student", str(tmp_path / "one.pt"), "--data", str(folder),
                "--teacher", f"127.0.0.1:{free_port()}", "--insecure", "--epochs", "2", "--target-cache", str(cache),
@@ -226,7 +226,7 @@ def test_checkpoint_of_another_teacher_version_is_refused_unless_forced(teacher_
 
 def test_auth_failure_stops_training_with_a_clear_message(teacher_path, student_path, tmp_path, capsys):
     tokens = tmp_path / "tokens"
-    tokens.write_text("s3cret\n")
+    tokens.write_text("s3cret-s3cret-s3cret\n")
     common = ["train", "--student", str(student_path), "--insecure", "--max-steps", "2",
               "--out", str(tmp_path / "s.pt"), "--no-progress"]
     with running_server(teacher_path, overrides=[f'server.tokens_file="{tokens}"']) as srv:
