@@ -610,13 +610,20 @@ def scenario_watch_flood(rep: Report, checkpoint, folder, watches: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    result = reliability_benchmark(quick=args.quick, clients=args.clients, seed=args.seed,
+                                   progress=args.format != "json")
+    emit(args, result, summary_text(result))
+    return 0 if result["samples_lost"] == 0 and result["server_crashes"] == 0 else 1
+
+
+def reliability_benchmark(*, quick: bool, clients: int, seed: int, progress: bool = True) -> dict:
+    """Every scenario against real server processes on loopback; the counts of what held and what not."""
     import torch
 
     from lnpt.shared.data import load_fashion_mnist
     from lnpt.shared.teacher_model import Teacher
 
     torch.set_num_threads(1)
-    quick = args.quick
     started = time.perf_counter()
     rep = Report()
     images = load_fashion_mnist(train=False)[0][:4096]
@@ -632,9 +639,9 @@ def run(args: argparse.Namespace) -> int:
                    input_spec=FASHION_MNIST_SPEC, class_names=list(FASHION_MNIST_CLASSES))
         local = Teacher.load(checkpoint)
         steps = [
-            ("load", lambda: scenario_load(rep, checkpoint, folder, local, images, args.clients, 20 if quick else 200)),
+            ("load", lambda: scenario_load(rep, checkpoint, folder, local, images, clients, 20 if quick else 200)),
             ("slow clients", lambda: scenario_slow_clients(rep, checkpoint, folder, local, images, 20 if quick else 60)),
-            ("hostile input", lambda: scenario_hostile(rep, checkpoint, folder, local, images, 300 if quick else 3000, args.seed)),
+            ("hostile input", lambda: scenario_hostile(rep, checkpoint, folder, local, images, 300 if quick else 3000, seed)),
             ("faults", lambda: scenario_faults(rep, checkpoint, folder, local, images, 40 if quick else 100)),
             ("security", lambda: scenario_security(rep, checkpoint, folder)),
             ("connection flood", lambda: scenario_connection_flood(rep, checkpoint, folder, 500 if quick else 3000)),
@@ -644,7 +651,7 @@ def run(args: argparse.Namespace) -> int:
         ]
         from tqdm import tqdm
 
-        for name, step in tqdm(steps, desc="reliability", unit="scenario", disable=args.format == "json"):
+        for name, step in tqdm(steps, desc="reliability", unit="scenario", disable=not progress):
             step()
     load, saturated = rep.scenarios["load"], rep.scenarios["saturated_queue"]
     result = {
@@ -659,8 +666,7 @@ def run(args: argparse.Namespace) -> int:
         "health_latency_under_flood_ms": rep.scenarios["connection_flood"]["health_latency_under_flood_ms"],
         **rep.scenarios,
     }
-    emit(args, result, summary_text(result))
-    return 0 if result["samples_lost"] == 0 and result["server_crashes"] == 0 else 1
+    return result
 
 
 def summary_text(r: dict) -> str:

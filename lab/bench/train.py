@@ -89,6 +89,15 @@ def guided(student_path, images, address: str, steps: int, batch_size: int, pref
 
 
 def run(args: argparse.Namespace) -> int:
+    result = train_benchmark(args.model, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
+                             rounds=args.rounds, prefetch=args.prefetch)
+    emit(args, result, format_result(result))
+    return 0
+
+
+def train_benchmark(model_name: str, *, batch_size: int, steps: int, warmup: int, rounds: int, prefetch: int) -> dict:
+    """Guided steps/s through a live server vs supervised steps/s, alternated over `rounds`, server and
+    trainer pinned to different cores; also the target wait and peak RSS."""
     import torch
 
     from lnpt.cloud.process import ServerProcess
@@ -102,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     server_core, trainer_core = cores()
     os.sched_setaffinity(0, {trainer_core})
     torch.set_num_threads(1)
-    needed = (args.warmup + max(args.steps, args.warmup)) * args.batch_size
+    needed = (warmup + max(steps, warmup)) * batch_size
     all_images, all_labels = load_fashion_mnist(train=True)
     images = ImageSource(all_images[:needed], FASHION_MNIST_SPEC, "fashion-mnist:train")
     labels = all_labels[:needed]
@@ -111,23 +120,23 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="lnpt-bench-train-") as tmp:
         tmp = Path(tmp)
         torch.manual_seed(0)
-        save_model(tmp / "T.pt", build_model(args.model, 10, FASHION_MNIST_SPEC), kind="teacher",
+        save_model(tmp / "T.pt", build_model(model_name, 10, FASHION_MNIST_SPEC), kind="teacher",
                    input_spec=FASHION_MNIST_SPEC, class_names=classes)
-        save_student(tmp / "S.pt", build_model(args.model, 10, FASHION_MNIST_SPEC), input_spec=FASHION_MNIST_SPEC,
+        save_student(tmp / "S.pt", build_model(model_name, 10, FASHION_MNIST_SPEC), input_spec=FASHION_MNIST_SPEC,
                      class_names=classes)
         server = ServerProcess(tmp / "T.pt", core=server_core, log_path=tmp / "server.log").start(timeout=120)
         model, _ = load_student(tmp / "S.pt")
         supervised = lambda: supervised_steps_per_s(  # noqa: E731
-            model, FASHION_MNIST_SPEC, images, labels, args.batch_size, args.steps, args.warmup, load_config().train)
+            model, FASHION_MNIST_SPEC, images, labels, batch_size, steps, warmup, load_config().train)
         try:
             address = server.address
-            guided(tmp / "S.pt", images, address, args.warmup, args.batch_size, args.prefetch)  # warm both sides
+            guided(tmp / "S.pt", images, address, warmup, batch_size, prefetch)  # warm both sides
             # Alternate short rounds (supervised, guided, ...): drift in machine load hits both sides alike.
             sup_runs, guided_runs, waits, reconnects, cpu_ratios = [], [], [], 0, []
-            for _ in range(args.rounds):
+            for _ in range(rounds):
                 rate, sup_cpu = supervised()
                 sup_runs.append(rate)
-                result, stats = guided(tmp / "S.pt", images, address, args.steps, args.batch_size, args.prefetch)
+                result, stats = guided(tmp / "S.pt", images, address, steps, batch_size, prefetch)
                 guided_runs.append(result.steps / result.seconds)
                 cpu_ratios.append(sup_cpu / stats["cpu_per_step"])
                 waits.append((stats["wait_seconds"] / result.seconds, result.target_wait_seconds / result.seconds))
@@ -138,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     sup, guided_rate = statistics.median(sup_runs), statistics.median(guided_runs)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out = {
-        "model": args.model, "batch_size": args.batch_size, "steps": args.steps, "prefetch": args.prefetch,
+        "model": model_name, "batch_size": batch_size, "steps": steps, "prefetch": prefetch,
         "server_core": server_core, "trainer_core": trainer_core,
         "guided_steps_per_s": guided_rate, "supervised_steps_per_s": sup,
         "guided_over_supervised": statistics.median(ratios), "ratio_per_round": ratios,
@@ -146,12 +155,18 @@ def run(args: argparse.Namespace) -> int:
         # guided step costs the device itself, whatever else runs on a shared machine.
         "cpu_guided_over_supervised": statistics.median(cpu_ratios),
         "target_wait_fraction": statistics.median(w[0] for w in waits),
-        "loop_wait_fraction": statistics.median(w[1] for w in waits), "rounds": args.rounds, "reconnects": reconnects,
+        "loop_wait_fraction": statistics.median(w[1] for w in waits), "rounds": rounds, "reconnects": reconnects,
         "peak_rss_mb": peak_rss_mb, "rss_before_training_mb": rss_before_mb,
     }
-    text = "\n".join([
-        f"lnpt bench train: {args.model}, batch {args.batch_size}, {args.rounds} rounds of {args.steps} steps per mode, "
-        f"server on core {server_core}, trainer on core {trainer_core}",
+    return out
+
+
+def format_result(out: dict) -> str:
+    sup, guided_rate, ratios = out["supervised_steps_per_s"], out["guided_steps_per_s"], out["ratio_per_round"]
+    peak_rss_mb, rss_before_mb = out["peak_rss_mb"], out["rss_before_training_mb"]
+    return "\n".join([
+        f"lnpt bench train: {out['model']}, batch {out['batch_size']}, {out['rounds']} rounds of {out['steps']} "
+        f"steps per mode, server on core {out['server_core']}, trainer on core {out['trainer_core']}",
         f"{'mode':<28}{'steps/s':>10}{'ratio':>8}",
         f"{'supervised (labels)':<28}{sup:>10.2f}{1.0:>8.2f}",
         f"{'guided (live server)':<28}{guided_rate:>10.2f}{out['guided_over_supervised']:>8.2f}",
@@ -162,5 +177,3 @@ def run(args: argparse.Namespace) -> int:
         f"peak RSS {peak_rss_mb:.0f} MB ({rss_before_mb:.0f} MB already after importing torch and loading "
         f"Fashion-MNIST; training adds {peak_rss_mb - rss_before_mb:.0f} MB)",
     ])
-    emit(args, out, text)
-    return 0
