@@ -168,6 +168,7 @@ class PruneConfig:
     structured: float = field(default=0.0, metadata=between(0, 0.95))  # channel ratio removed; 0 = off
     # Channel pruning to a budget instead of a fixed ratio (edge.pruning.budget): any target > 0 turns it on.
     target_latency_ms: float = field(default=0.0, metadata=at_least(0))  # median ms in ONNX Runtime here; 0 = none
+    target_latency_over_dense: float = field(default=0.0, metadata=between(0, 0.99))  # 0.5 = twice as fast; 0 = none
     target_macs: int = field(default=0, metadata=at_least(0))  # MACs per image (Torch-Pruning's count); 0 = none
     target_params: int = field(default=0, metadata=at_least(0))  # parameters; 0 = none
     latency_threads: int = field(default=1, metadata=at_least(1))  # ONNX Runtime threads of the latency target
