@@ -72,6 +72,9 @@ if [ -n "${LNPT_VERIFY_REF:-}" ]; then
   context=$work/src
   rm -rf "$context" && mkdir -p "$context"
   git -C "$repo" archive "$commit" | tar -x -C "$context"
+  # One fixed time stamp: podman's layer cache compares file times, and git archive stamps every file
+  # with the commit's time, which would make each commit rebuild every layer (torch included).
+  find "$context" -exec touch -h -d '2000-01-01 00:00:00 UTC' {} +
   tree="commit $commit (git archive)"
 else
   tree="working tree at $commit$(git -C "$repo" diff --quiet HEAD -- . 2>/dev/null || echo ' plus uncommitted changes')"
@@ -81,8 +84,11 @@ note "# deploy/verify.sh, $(date -u '+%Y-%m-%d %H:%M UTC')"
 note "- source: $tree; podman $(podman --version | awk '{print $3}'), runc, storage driver $storage_driver"
 note "- host: $(uname -m), $(nproc) cores; free disk before building: $(df -h --output=avail "$work" | tail -1 | tr -d ' ')"
 
+remove_containers() {  # one by one: `podman rm` of several names removes none when one is missing
+  for name in lnpt-verify-cloud lnpt-verify-edge-a lnpt-verify-edge-b; do engine rm -f -t 0 "$name" > /dev/null 2>&1 || true; done
+}
 cleanup() {
-  engine rm -f -t 0 lnpt-verify-cloud lnpt-verify-edge-a lnpt-verify-edge-b >/dev/null 2>&1 || true
+  remove_containers
   [ -n "${metrics_poller:-}" ] && kill "$metrics_poller" 2>/dev/null || true
   for file in "$work"/kube/*.yaml; do [ -f "$file" ] && engine kube down "$file" >/dev/null 2>&1 || true; done
 }
@@ -186,6 +192,7 @@ done
 chown -R 10001:10001 "$work/certs" "$work/secrets" "$work/jobs"
 cp "$repo/deploy/config/edge.toml" "$work/edge.toml"
 
+remove_containers  # left over from an interrupted run
 engine network exists lnpt-verify || engine network create lnpt-verify > /dev/null
 grpc_port=$(free_port); metrics_port=$(free_port)
 say "starting the cloud container (TLS, token) on localhost:$grpc_port, metrics on :$metrics_port"
@@ -351,6 +358,10 @@ for server in $servers; do
   if [ -n "$ok" ]; then serving=$((serving + 1)); else refused="$refused $server"; fi
 done
 [ "$serving" -ge 1 ] || { tail -20 "$work/logs/kube-guidance.log"; fail "no kube-played server became SERVING"; }
+first=$(echo "$servers" | head -1)
+kube_uid=$(engine exec "$first" id -u)
+[ "$kube_uid" != 0 ] || fail "the kube-played server runs as root"
+probe=$(engine inspect --format '{{json .Config.Healthcheck.Test}}' "$first")
 why=""
 [ -z "$refused" ] || why=" (not started:$refused: $(grep -o 'cannot listen on the TCP port: [^]]*' "$work/logs/kube-guidance.log" | head -1))"
 engine kube play --network lnpt-kube "$work/kube/edge.yaml" > "$work/logs/kube-edge.log" 2>&1 \
@@ -361,7 +372,7 @@ engine logs lnpt-edge-lnpt-edge-job > "$work/logs/kube-edge-job.log" 2>&1
 [ "$code" = 0 ] || { tail -30 "$work/logs/kube-edge-job.log"; fail "the kube-played edge pod exited with $code"; }
 stages=$(grep -o 'edge job: [^;]*' "$work/logs/kube-edge-job.log" | tail -1)
 echo "$stages" | grep -q "export done" || fail "the kube-played edge job did not export: $stages"
-note "- kube play (podman $(podman --version | awk '{print $3}')): deployment.yaml ($replicas replicas) + configmap.yaml: $serving server pod(s) SERVING by the image's exec probe command$why; edge/pod.yaml: exit 0 after $(( $(date +%s) - start )) s, $stages; lines changed: $changed in deployment.yaml (image), $changed_edge in edge/pod.yaml (image, hostPath)"
+note "- kube play (podman $(podman --version | awk '{print $3}')): deployment.yaml ($replicas replicas) + configmap.yaml: $serving server pod(s) SERVING by the image's exec probe command$why, uid $kube_uid, container healthcheck from the livenessProbe: $probe; edge/pod.yaml: exit 0 after $(( $(date +%s) - start )) s, $stages; lines changed: $changed in deployment.yaml (image), $changed_edge in edge/pod.yaml (image, hostPath)"
 engine kube down "$work/kube/edge.yaml" > /dev/null 2>&1 || true
 engine kube down "$work/kube/guidance.yaml" > /dev/null 2>&1 || true
 
