@@ -139,6 +139,16 @@ def test_budget_from_config_and_bad_budgets():
         prune_to_budget(student(), Budget(macs=10), None, [], SPEC)
 
 
+def test_cpu_clock_times_the_calling_thread_and_needs_one_thread():
+    from lnpt.edge.onnx.onnx_export import ExportError
+
+    onnx_bytes = model_onnx(student("lenet5"), SPEC)
+    timed = side_by_side({"a": onnx_bytes}, SPEC.shape, LatencySettings(clock="cpu", seconds=0.05), rounds=1)
+    assert timed["a"]["median_ms"] > 0 and timed["a"]["clock"] == "cpu"
+    with pytest.raises(ExportError, match="one thread"):
+        LatencySettings(clock="cpu", threads=2)
+
+
 def test_a_budget_pruned_student_exports_to_static_int8_and_verifies(tmp_path, batches):
     """int8 after channels: static int8 (calibrated on unlabeled images) of a narrower graph."""
     import onnx

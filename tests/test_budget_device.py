@@ -29,7 +29,7 @@ def test_bench_device_reports_its_documented_keys(tmp_path, capsys):
                  "--format", "json"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
-    documented = {"student", "model", "input", "threads", "batches", "rounds", "runtime", "onnxruntime_version",
+    documented = {"student", "model", "input", "threads", "batches", "rounds", "clock", "runtime", "onnxruntime_version",
                   "cpu", "variants", "int8_top1_agreement", "notes"}
     for batch in (1, 8):
         documented |= {f"{name}_over_dense_latency_b{batch}" for name in ("sparse", "structured", "structured_int8")}

@@ -5,7 +5,11 @@ median wall time of `session.run` on a fixed random input of the given batch siz
 runs, with the given intra-op threads. The median, because a shared or throttled device adds
 outliers that only ever make a run slower. `side_by_side` measures several models in interleaved
 rounds, so that load which comes and goes on a shared machine falls on all of them alike: compare
-its figures as ratios.
+its figures as ratios. On a machine shared with other processes, wall time also counts the slices
+the OS gives them, more of them the longer a run takes (measured here at load ~10: a 50 ms run
+read 4x its CPU time, a 1 ms run 1x), so ratios between models of very different speed are
+skewed; `clock="cpu"` times the calling thread's CPU time instead, which with one intra-op thread
+(ONNX Runtime then runs the graph on the calling thread) is the latency an idle device would see.
 """
 from __future__ import annotations
 
@@ -26,10 +30,14 @@ class LatencySettings:
     warmup: int = 5  # runs discarded before timing (allocations, caches)
     runs: int = 20  # at least this many timed runs ...
     seconds: float = 0.3  # ... and at least this long (per round, in side_by_side)
+    clock: str = "wall"  # "wall" time, or "cpu": the calling thread's CPU time (needs threads == 1)
 
     def __post_init__(self):
         if self.threads < 1 or self.batch < 1 or self.warmup < 0 or self.runs < 1 or self.seconds < 0:
             raise ExportError(f"latency settings out of range: {self}")
+        if self.clock not in ("wall", "cpu") or (self.clock == "cpu" and self.threads != 1):
+            raise ExportError(f"latency clock {self.clock!r} with {self.threads} thread(s): use 'wall', or 'cpu' "
+                              "with one thread (other threads' CPU time is not the caller's)")
 
 
 def onnx_latency(model, input_shape: Sequence[int], settings: LatencySettings = LatencySettings()) -> dict:
@@ -61,15 +69,16 @@ def side_by_side(models: dict[str, Any], input_shape: Sequence[int], settings: L
 
 
 def timed_runs(sess, feed: dict, settings: LatencySettings) -> list[float]:
-    """Seconds of each timed run, after `settings.warmup` untimed ones."""
+    """Seconds of each timed run (on `settings.clock`), after `settings.warmup` untimed ones."""
+    clock = time.thread_time if settings.clock == "cpu" else time.perf_counter
     for _ in range(settings.warmup):
         sess.run(None, feed)
     times: list[float] = []
     started = time.perf_counter()
     while len(times) < settings.runs or time.perf_counter() - started < settings.seconds:
-        t0 = time.perf_counter()
+        t0 = clock()
         sess.run(None, feed)
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return times
 
 

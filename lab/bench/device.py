@@ -14,7 +14,7 @@ provider, interleaved rounds, median ms; edge.onnx.latency) at each batch size:
   calibrated on unlabeled images.
 
 JSON keys (`--format json`):
-  student, model, input ([C, H, W]), threads, batches, rounds
+  student, model, input ([C, H, W]), threads, batches, rounds, clock (wall | cpu)
   runtime, onnxruntime_version, cpu {model, machine, cores, flags {avx2, avx512f, avx512_vnni,
       avx_vnni, amx_int8, asimd, asimddp, i8mm, sve: true|false|null (null: not readable here)}}
   variants {dense|sparse|structured|structured_int8: {what, macs, params, bytes, gzip_bytes,
@@ -56,6 +56,9 @@ def register(actions: argparse._SubParsersAction) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (default 3)")
     parser.add_argument("--seconds", type=float, default=0.3,
                         help="timed seconds per model, batch size and round (default 0.3)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall time (default), or the thread's CPU time (with --threads 1: what an idle device "
+                             "would see, on a machine shared with other processes)")
     add_format_option(parser)
     parser.set_defaults(handler=run)
 
@@ -68,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError:
         raise ExperimentError(f"--batches {args.batches!r}: give batch sizes like 1,8") from None
     result = device_benchmark(args.student, images=args.images, channels=args.channels, sparsity=args.sparsity,
-                              batches=batches, threads=args.threads, rounds=args.rounds, seconds=args.seconds)
+                              batches=batches, threads=args.threads, rounds=args.rounds, seconds=args.seconds,
+                              clock=args.clock)
     emit(args, result, table(result))
     return 0
 
@@ -133,7 +137,7 @@ def make_variants(student: Path, channels: float, sparsity: float, folder: Path)
 
 def device_benchmark(student: str | Path, *, images: str = "", channels: float = 0.5, sparsity: float = 0.9,
                      batches: tuple[int, ...] = (1, 8), threads: int = 1, rounds: int = 3, seconds: float = 0.3,
-                     verify_samples: int = 32, calibration_samples: int = 128) -> dict[str, Any]:
+                     clock: str = "wall", verify_samples: int = 32, calibration_samples: int = 128) -> dict[str, Any]:
     """Export the four variants of `student`, time them side by side at each batch size and return
     the figures, their ratios to dense, the runtime version and the CPU's flags (keys: see the module)."""
     import onnxruntime
@@ -174,14 +178,14 @@ def device_benchmark(student: str | Path, *, images: str = "", channels: float =
             onnx_files[name] = Path(exported["output"])
         shape = tuple(exported["input"]["shape"][1:])
         for batch in batches:
-            timed = side_by_side(onnx_files, shape, LatencySettings(threads=threads, batch=batch, seconds=seconds),
-                                 rounds=rounds)
+            settings = LatencySettings(threads=threads, batch=batch, seconds=seconds, clock=clock)
+            timed = side_by_side(onnx_files, shape, settings, rounds=rounds)
             for name in VARIANTS:
                 variants[name]["latency_ms"][str(batch)] = timed[name]["median_ms"]
     record = load_student(student)[1]
     result: dict[str, Any] = {
         "student": str(student), "model": record.arch, "input": list(record.input_spec.shape), "threads": threads,
-        "batches": list(batches), "rounds": rounds,
+        "batches": list(batches), "rounds": rounds, "clock": clock,
         "runtime": f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider",
         "onnxruntime_version": onnxruntime.__version__, "cpu": cpu_info(), "variants": variants,
     }

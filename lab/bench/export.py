@@ -53,6 +53,9 @@ def register(actions: argparse._SubParsersAction) -> None:
     parser.add_argument("--seconds", type=float, default=1.0,
                         help="timed seconds per model, batch size and round (default 1.0)")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime and torch threads (default 1)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall time (default), or the thread's CPU time (with --threads 1: what an idle device "
+                             "would see, on a machine shared with other processes)")
     parser.add_argument("--budget-models", default=BUDGET_MODELS, metavar="SPEC@SIZE,...",
                         help=f"models pruned to a {BUDGET_FRACTION}x-dense latency budget, RGB at SIZE px "
                              f"(default {BUDGET_MODELS}; empty: skip)")
@@ -73,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         raise ExperimentError(f"--budget-models {args.budget_models!r}: give SPEC@SIZE entries, "
                               f"e.g. {BUDGET_MODELS}") from None
     summary = export_benchmark(args.model, sparsity=args.sparsity, channels=args.channels, rounds=args.rounds,
-                               seconds=args.seconds, threads=args.threads, out=args.out,
+                               seconds=args.seconds, threads=args.threads, clock=args.clock, out=args.out,
                                budget_models=budget_models, budget_step=args.budget_step)
     emit(args, summary, table(summary))
     return 0
@@ -111,7 +114,7 @@ def make_students(arch: str, sparsity: float, channels: float, folder: Path) -> 
 
 
 def export_benchmark(model: str = "resnet18", *, sparsity: float = 0.9, channels: float = 0.5, rounds: int = 3,
-                     seconds: float = 1.0, threads: int = 1, out: str | None = None,
+                     seconds: float = 1.0, threads: int = 1, clock: str = "wall", out: str | None = None,
                      budget_models: list[tuple[str, int]] = (), budget_step: float = 0.1) -> dict[str, Any]:
     """Export `model`'s variants, time them side by side, run the latency budgets; the summary's
     keys are what `lnpt bench export --format json` prints."""
@@ -142,24 +145,26 @@ def export_benchmark(model: str = "resnet18", *, sparsity: float = 0.9, channels
         shape = tuple(results["dense"]["input"]["shape"][1:])
         latency = {n: {} for n in timed}
         for batch in (1, 32):
-            measured = side_by_side(timed, shape, LatencySettings(threads=threads, batch=batch, seconds=seconds),
-                                    rounds=rounds)
+            measured = side_by_side(timed, shape, LatencySettings(threads=threads, batch=batch, seconds=seconds,
+                                                                  clock=clock), rounds=rounds)
             for name in timed:
                 latency[name][batch] = measured[name]["median_ms"]
-    budgets = [budget_benchmark(spec, size, budget_step, threads, rounds, seconds) for spec, size in budget_models]
+    budgets = [budget_benchmark(spec, size, budget_step, LatencySettings(threads=threads, seconds=seconds, clock=clock),
+                                rounds) for spec, size in budget_models]
     summary = summarise(dict(model=model, sparsity=sparsity, channels=channels, threads=threads), results, latency)
+    summary["clock"] = clock
     summary["budgets"] = budgets
     summary["budget_latency_over_target"] = (max(b["remeasured_over_target"] for b in budgets) if budgets else None)
     summary["targets_met"] = {key: summary[key] is not None and summary[key] <= bound for key, bound in TARGETS.items()}
     return summary
 
 
-def budget_benchmark(spec_text: str, size: int, step: float, threads: int, rounds: int, seconds: float) -> dict:
+def budget_benchmark(spec_text: str, size: int, step: float, settings, rounds: int = 3) -> dict:
     """`spec_text` at `size` px RGB pruned to a BUDGET_FRACTION x dense latency budget with the
     label-free objective; how the result compares with what was requested."""
     import torch
 
-    from lnpt.edge.onnx.latency import LatencySettings, model_onnx, side_by_side
+    from lnpt.edge.onnx.latency import model_onnx, side_by_side
     from lnpt.edge.pruning.budget import Budget, BudgetError, prune_to_budget
     from lnpt.shared.data import adapt, load_fashion_mnist, normalize
     from lnpt.shared.models import InputSpec, build_model
@@ -173,7 +178,6 @@ def budget_benchmark(spec_text: str, size: int, step: float, threads: int, round
     images = normalize(adapt(load_fashion_mnist(train=True)[0][:32], spec), spec)
     with torch.no_grad():
         batches = [(images, Targets(*teacher.features_and_logits(images)))]
-    settings = LatencySettings(threads=threads, seconds=seconds)
     dense = model_onnx(student.eval(), spec)
     try:
         report = prune_to_budget(student, Budget(latency_over_dense=BUDGET_FRACTION, latency=settings, step=step),
