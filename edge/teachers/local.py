@@ -13,7 +13,6 @@ from lnpt.shared.teacher_model import Teacher
 class LocalTeacher(TargetSource):
     """Targets computed in-process from a teacher file: the same forward the server runs."""
 
-    resizes_images = True  # Teacher.targets adapts uint8 batches to the teacher's own input spec
 
     def __init__(self, teacher: Teacher, where: str = "local teacher file"):
         self.teacher = teacher

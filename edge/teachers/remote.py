@@ -37,6 +37,7 @@ from lnpt.shared.protocol import guidance_pb2_grpc
 from lnpt.shared.teacher_model import PROTOCOL_VERSION
 from lnpt.edge.teachers.source import TargetSource, TeacherMismatch
 from lnpt.shared.codec import CodecError, decode_view, encode
+from lnpt.shared.data import adapt
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED,
              grpc.StatusCode.CANCELLED}
@@ -192,6 +193,7 @@ class _Call:
 class GuidanceClient(TargetSource):
     """Targets from a remote teacher: `info`, `check_student`, `targets(images)`, `stream(batches)`."""
 
+
     def __init__(
         self,
         addresses: Sequence[str] | str,
@@ -344,6 +346,8 @@ class GuidanceClient(TargetSource):
                         if images is None:
                             exhausted = True
                             break
+                        if images.dtype == torch.uint8 and tuple(images.shape[1:]) != tuple(info.input_shape):
+                            images = adapt(images, self.input_spec)  # one rule: targets of the teacher's input
                         requests = self._requests(images, image_dtype, target_dtype)
                         unsent.extend(requests)
                         open_batches.append(Assembly(len(requests)))

@@ -8,7 +8,7 @@ streams them from a guidance server. Neither imports the other.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator
 
 import torch
 
@@ -28,7 +28,6 @@ class TargetSource:
     info: pb.TeacherInfo
     where: str
     stats: dict
-    resizes_images = False  # True: uint8 batches of any size are resized to the teacher's input
 
     def stream(self, batches: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         raise NotImplementedError
@@ -56,7 +55,8 @@ class TargetSource:
     def input_spec(self) -> InputSpec:
         """The teacher's input shape and normalisation, as the student should use them."""
         info = self.info
-        return InputSpec(int(info.input_shape[0]), int(info.input_shape[-1]), tuple(info.normalization.mean),
+        channels, height, width = (int(side) for side in info.input_shape)
+        return InputSpec(channels, height if height == width else (height, width), tuple(info.normalization.mean),
                          tuple(info.normalization.std))
 
     @property
@@ -67,18 +67,18 @@ class TargetSource:
         """(features, logits) float32 for one uint8 (N, C, H, W) batch; blocking."""
         return next(iter(self.stream([images])))
 
-    def check_student(self, input_shape: Sequence[int], num_classes: int, feature_dim: int,
+    def check_student(self, num_classes: int, feature_dim: int,
                       projector: bool = False, lambda_kd: float = 1.0) -> None:
-        """Refuse a teacher whose inputs, classes or (without a projector) feature width differ.
+        """Refuse a teacher whose classes (with logit distillation) or, without a projector, feature
+        width differ from the student's.
 
-        Only the input *shape* must match: images travel as uint8 pixels and each side normalises
-        them with its own mean/std.
+        The input may differ (architecture, resolution, channels): the one rule is that targets are
+        the teacher's outputs on its own input, so every source resizes uint8 batches to the
+        teacher's input spec on the edge before they reach the teacher (in-process for a teacher
+        file, before sending for a server), and each side normalises with its own mean/std.
         """
         info = self.info
         name = f"teacher {info.teacher_id} ({info.teacher_version}) at {self.where}"
-        if list(info.input_shape) != list(input_shape) and not self.resizes_images:
-            raise TeacherMismatch(f"{name} takes images {tuple(info.input_shape)} (C, H, W) but the student "
-                                  f"takes {tuple(input_shape)}; prune/train a student for the teacher's input")
         if info.num_classes != num_classes and lambda_kd > 0:
             raise TeacherMismatch(f"{name} has {info.num_classes} classes, the student {num_classes}; "
                                   f"logit distillation needs the same classes (objective.lambda_kd = 0 "

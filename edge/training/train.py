@@ -76,8 +76,9 @@ def train(student: Student | str | os.PathLike, teacher: TargetSource | str | No
         version, teacher_dim = known_version, cache.feature_dim if cache is not None else None
         if source is not None:
             version, teacher_dim = source.version, source.feature_dim
-            source.check_student(student.input_spec.shape, student.model.num_classes, student.model.feature_dim,
-                                 projector=teacher_dim != student.model.feature_dim)
+            source.check_student(student.model.num_classes, student.model.feature_dim,
+                                 projector=teacher_dim != student.model.feature_dim,
+                                 lambda_kd=config.objective.lambda_kd)
             if cfg.target_cache:
                 cache = TargetCache(cfg.target_cache, version)
         trainer = GuidedTrainer(student.model, student.input_spec, source_images, source, train=cfg,
