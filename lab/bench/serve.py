@@ -36,6 +36,7 @@ from lnpt.shared.errors import LnptError
 SERVER_CORE, CLIENT_CORE = 0, 1
 STREAM_COUNTS = (1, 4, 16, 64)
 QUEUE_REQUESTS = 4096  # the server's bounded queue, raised so 64 streams with their windows fit it
+INFLIGHT_BYTES = 4 * 1024 ** 3  # and its in-flight budget, so 64 streams of 224 px requests fit it too
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
@@ -134,7 +135,7 @@ def start_server(checkpoint: str, batch: int, log_path: Path):
     core = SERVER_CORE if SERVER_CORE < (os.cpu_count() or 1) else None
     return ServerProcess(checkpoint, core=core, log_path=log_path, metrics_port=free_port(), overrides=[
         f"batcher.max_batch_size={batch}", f"batcher.max_request_batch={batch}",
-        f"batcher.max_queue_requests={QUEUE_REQUESTS}"]).start(timeout=120)
+        f"batcher.max_queue_requests={QUEUE_REQUESTS}", f"server.max_inflight_bytes={INFLIGHT_BYTES}"]).start(timeout=120)
 
 
 def teacher_info(address: str):
