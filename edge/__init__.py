@@ -22,6 +22,8 @@ _OWNERS = {
     "export": "lnpt.edge.onnx.pipeline", "ExportResult": "lnpt.edge.onnx.pipeline",
     "run_edge_job": "lnpt.edge.job", "EdgeJobResult": "lnpt.edge.job",
     "Student": "lnpt.edge.student",
+    "prune_to_budget": "lnpt.edge.pruning.budget", "Budget": "lnpt.edge.pruning.budget",
+    "BudgetError": "lnpt.edge.pruning.budget",
 }
 __all__ = list(_OWNERS)
 __getattr__, __dir__ = lazy_exports(__name__, _OWNERS)
