@@ -5,7 +5,7 @@ One run, side by side, on real photographs (scikit-image's samples, cut into 300
 - the student's training steps/s (forward, backward, Adam; one torch thread) on batches already in
   memory, then the same steps fed by the loader with 2 workers: the share of the time the trainer
   waits for the loader (target <= 5 % at 128 px);
-- peak RSS of a fresh process streaming 2,000 vs 20,000 tiny files (target ratio <= 1.1).
+- peak RSS of a fresh process while streaming 2,000 vs 20,000 tiny files (target ratio <= 1.1).
 Ratios matter, not absolute times; say when the machine was shared.
 """
 from __future__ import annotations
@@ -102,9 +102,17 @@ def peak_rss_streaming(count: int, queue) -> None:
             sub.mkdir(exist_ok=True)
             (sub / f"{i:06d}.png").write_bytes(buffer.getvalue())
         source = UnlabeledImageFolder(tmp, InputSpec(1, 32, (0.5,), (0.25,)), workers=0)
-        seen = sum(len(images) for _, _, images in
-                   source.batches([range(s, min(s + 256, count)) for s in range(0, count, 256)]))
-        queue.put((count, seen, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
+        seen, streaming_peak = 0, current_rss()
+        for _, _, images in source.batches([range(s, min(s + 256, count)) for s in range(0, count, 256)]):
+            seen += len(images)
+            streaming_peak = max(streaming_peak, current_rss())
+        # ru_maxrss includes the import of torch/torchvision; the sampled peak is the streaming itself
+        queue.put((count, seen, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, streaming_peak))
+
+
+def current_rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -161,11 +169,13 @@ def run(args: argparse.Namespace) -> int:
     for count in counts:
         child = context.Process(target=peak_rss_streaming, args=(count, queue))
         child.start()
-        done, seen, peak = queue.get()
+        done, seen, peak, streaming = queue.get()
         child.join()
-        peaks[str(done)] = {"images_streamed": seen, "peak_rss_mib": peak / 2**20}
+        peaks[str(done)] = {"images_streamed": seen, "peak_rss_mib": peak / 2**20,
+                            "streaming_peak_rss_mib": streaming / 2**20}
     result["memory"] = peaks
-    result["rss_ratio"] = peaks[str(counts[-1])]["peak_rss_mib"] / peaks[str(counts[0])]["peak_rss_mib"]
+    result["rss_ratio"] = (peaks[str(counts[-1])]["streaming_peak_rss_mib"]
+                           / peaks[str(counts[0])]["streaming_peak_rss_mib"])
     result["rss_target"] = 1.1
     lines = [f"input {args.size} px, batch {args.batch_size}, {args.model}, {result['machine']['cpus']} CPUs "
              f"(load average {result['machine']['load_average'][0]:.1f})"]
@@ -173,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
     lines += [f"student training: {steps_s:.2f} steps/s = {steps_s * args.batch_size:.0f} images/s",
               f"fed by the loader (2 workers): {fed_steps_s:.2f} steps/s, trainer waited "
               f"{result['trainer_wait_fraction_2_workers']:.1%} of the time (target <= 5%)"]
-    lines += [f"peak RSS streaming {c} files: {p['peak_rss_mib']:.0f} MiB" for c, p in peaks.items()]
+    lines += [f"streaming {c} files: peak RSS {p['streaming_peak_rss_mib']:.1f} MiB while streaming "
+              f"({p['peak_rss_mib']:.1f} MiB with the imports)" for c, p in peaks.items()]
     lines += [f"RSS ratio {result['rss_ratio']:.3f} (target <= 1.1)"]
     emit(args, result, "\n".join(lines))
     return 0
