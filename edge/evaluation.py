@@ -95,7 +95,8 @@ def evaluate(student: Student | str | os.PathLike, images: str | os.PathLike | t
     if isinstance(images, torch.Tensor):
         name = f"tensor of {len(images)} images"
     elif images is not None:
-        images, labels, name = *labeled_folder(images, spec, student.class_names), str(images)
+        images, labels, name = *labeled_folder(images, student.preprocess or spec, student.class_names,
+                                               config.data), str(images)
     else:
         (images, labels), name = load_fashion_mnist(train=False, root=config.data.root or None), "fashion-mnist:test"
     if limit:

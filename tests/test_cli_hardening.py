@@ -108,3 +108,12 @@ def test_silent_limits_are_said(files, tmp_path):
     assert any("200 images, fewer than the 500 asked for" in note for note in pruned.notes)
     trained = train(pruned.student, str(teacher), folder, epochs=1, batch_size=64, threads=1)
     assert any("leaves out 8 of 200 images" in note for note in trained.notes)
+
+
+def test_input_settings_that_would_be_ignored_are_refused(files, capsys):
+    teacher, student, folder = files
+    assert main([*train_args(teacher, student, folder), "--set", "data.size=64"]) == 2
+    assert "data.size = 64, but the student takes 1 x 28 x 28" in capsys.readouterr().err
+    assert main(["prune", "--teacher", str(teacher), "--out", str(student.with_name("p.pt")),
+                 "--set", "data.channels=3"]) == 2
+    assert "set the student's own input with model.input_size / model.channels" in capsys.readouterr().err

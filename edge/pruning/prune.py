@@ -115,8 +115,8 @@ def student_shape(source: TargetSource | None, config: Config) -> tuple[InputSpe
         differs = {k: v for k, v in asked.items() if v != default[k] and v != getattr(spec, k)}
         if differs:
             raise PruneError(f"data.{next(iter(differs))} = {next(iter(differs.values()))} but the teacher takes "
-                             f"{spec.channels} x {spec.size} px images; the student follows the teacher, so "
-                             f"drop the setting (or serve a teacher of that input)")
+                             f"{spec.channels} x {spec.size} px images and the student follows it; set the "
+                             f"student's own input with model.input_size / model.channels instead")
         return spec, source.class_names
     spec = InputSpec(data.channels, data.size, FASHION_MNIST_SPEC.mean * data.channels,
                      FASHION_MNIST_SPEC.std * data.channels)

@@ -60,6 +60,7 @@ def train(student: Student | str | os.PathLike, teacher: TargetSource | str | No
         torch.set_num_threads(cfg.threads)
     if not isinstance(student, Student):
         student = Student.load(student)
+    refuse_ignored_input_settings(config, student)
     if out is None and student.path is None:
         raise TrainingError("give `out`: the student has no file to name the trained one after")
     out = Path(out) if out is not None else default_out(student.path)
@@ -98,6 +99,16 @@ def train(student: Student | str | os.PathLike, teacher: TargetSource | str | No
         result.notes.append(f"each epoch leaves out {dropped} of {len(source_images)} images (the last partial "
                             f"batch of {trainer.batch_size}); the order changes every epoch, so all are used")
     return result
+
+
+def refuse_ignored_input_settings(config: Config, student: Student) -> None:
+    """data.size / data.channels cannot change a student's input (its file records it): say so
+    instead of silently training at the recorded input."""
+    spec, data = student.input_spec, config.data
+    for key, asked, default, actual in (("size", data.size, 28, spec.size), ("channels", data.channels, 1, spec.channels)):
+        if asked != default and asked != actual:
+            raise TrainingError(f"data.{key} = {asked}, but the student takes {' x '.join(map(str, spec.shape))} "
+                                f"images (recorded in its file); drop the setting, or prune a student for that input")
 
 
 def image_source(images, student: Student, config: Config) -> ImageSource:
