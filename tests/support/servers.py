@@ -15,11 +15,9 @@ Bearer tokens: pass `overrides=["server.tokens_file=\"/path\""]`; clients send m
 """
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
-import threading
 import time
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -27,7 +25,7 @@ from typing import Iterator, Sequence
 
 from lnpt.cloud.certs import TestPki
 from lnpt.cloud.process import ServerProcess, free_port
-from lnpt.cloud.server import GuidanceServer
+from lnpt.cloud.background import BackgroundServer
 from lnpt.shared.config import Config, load_config
 
 
@@ -76,74 +74,23 @@ def server_config(overrides: Sequence[str] = (), tls: TestPki | None = None, mut
     return load_config(None, [*base, *overrides])
 
 
-class ThreadServer:
-    """A GuidanceServer running on its own event loop in a daemon thread."""
-
-    def __init__(self, config: Config, checkpoint):
-        self.config = config
-        self.checkpoint = str(checkpoint)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="guidance-server", daemon=True)
-        self.server: GuidanceServer | None = None
-        self.stopped = False
-
-    def call(self, coroutine, timeout: float = 60):
-        """Run a coroutine on the server's loop and wait for its result."""
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
-
-    def start(self) -> "ThreadServer":
-        self.thread.start()
-
-        async def create_and_start():
-            self.server = GuidanceServer(self.config, checkpoint=self.checkpoint)
-            await self.server.start()
-
-        self.call(create_and_start())
-        return self
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+class ThreadServer(BackgroundServer):
+    """The product's background server, plus the address the test certificates name."""
 
     @property
     def tls_address(self) -> str:
-        return f"localhost:{self.port}"  # the name in the test server certificate
-
-    @property
-    def metrics_port(self) -> int | None:
-        return self.server.metrics_port
-
-    def stop(self, grace: float | None = 2.0) -> None:
-        """Drain and stop (idempotent)."""
-        if self.stopped:
-            return
-        self.stopped = True
-        try:
-            self.call(self.server.stop(grace), timeout=(grace or 0) + 30)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(10)
-            self.loop.close()
+        return f"localhost:{self.port}"
 
 
 @contextlib.contextmanager
 def running_server(checkpoint_path, overrides: Sequence[str] = (), tls: TestPki | None = None,
                    mutual: bool = False) -> Iterator[ThreadServer]:
     """A real grpc.aio guidance server on 127.0.0.1 (ephemeral port) in a background thread."""
-    server = ThreadServer(server_config(overrides, tls, mutual), checkpoint_path)
-    try:
-        server.start()
-    except BaseException:
-        server.loop.call_soon_threadsafe(server.loop.stop)
-        raise
+    server = ThreadServer(server_config(overrides, tls, mutual), checkpoint_path).start()
     try:
         yield server
     finally:
-        server.stop()
+        server.stop(grace=2.0)
 
 
 @contextlib.contextmanager
