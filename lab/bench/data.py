@@ -116,38 +116,48 @@ def current_rss() -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    result = data_benchmark(args.model, size=args.size, images=args.images, batch_size=args.batch_size,
+                            steps=args.steps, memory_counts=[int(c) for c in args.memory_counts.split(",")])
+    emit(args, result, format_result(result))
+    return 0
+
+
+def data_benchmark(model_spec: str, *, size: int, images: int, batch_size: int, steps: int,
+                   memory_counts: list[int]) -> dict:
+    """Loader images/s with 0/1/2 workers vs the student's steps/s, the trainer's wait when fed by 2
+    workers, and peak RSS streaming each of `memory_counts` files (a fresh process each)."""
     import torch
 
     from lnpt.shared.models import InputSpec, build_model
     from lnpt.shared.preprocess import Preprocess
 
     torch.set_num_threads(1)
-    spec = InputSpec(3, args.size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    spec = InputSpec(3, size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     preprocess = Preprocess.for_spec(spec)
     result: dict = {"machine": {"cpus": len(os.sched_getaffinity(0)), "load_average": os.getloadavg(),
                                 "torch_threads": 1},
-                    "model": args.model, "input_size": args.size, "batch_size": args.batch_size}
+                    "model": model_spec, "input_size": size, "batch_size": batch_size}
     with tempfile.TemporaryDirectory(prefix="lnpt-bench-data-") as tmp:
         folder = Path(tmp) / "photos"
-        write_photo_crops(folder, args.images)
-        rates = {str(w): loader_rate(folder, preprocess, w, args.batch_size) for w in (0, 1, 2)}
+        write_photo_crops(folder, images)
+        rates = {str(w): loader_rate(folder, preprocess, w, batch_size) for w in (0, 1, 2)}
         result["loader_images_per_s"] = rates
 
         from lnpt.shared.data import UnlabeledImageFolder
 
-        model = build_model(args.model, 4, spec)
+        model = build_model(model_spec, 4, spec)
         source = UnlabeledImageFolder(folder, preprocess, workers=0)
-        memory = torch.cat([images for _, _, images in source.batches([range(args.batch_size)])])
+        memory = torch.cat([images for _, _, images in source.batches([range(batch_size)])])
 
         def from_memory():
             while True:
                 yield memory
 
         training_steps(model, spec, from_memory(), 3)  # warm-up
-        steps_s, _ = training_steps(model, spec, from_memory(), args.steps)
+        steps_s, _ = training_steps(model, spec, from_memory(), steps)
         streamed = UnlabeledImageFolder(folder, preprocess, workers=2)
         order = torch.randperm(len(streamed), generator=torch.Generator().manual_seed(0)).tolist()
-        batches = [order[s:s + args.batch_size] for s in range(0, len(order) - args.batch_size + 1, args.batch_size)]
+        batches = [order[s:s + batch_size] for s in range(0, len(order) - batch_size + 1, batch_size)]
 
         def from_loader():
             while True:
@@ -156,13 +166,13 @@ def run(args: argparse.Namespace) -> int:
 
         fed = from_loader()
         training_steps(model, spec, fed, 3)  # workers started, first batches decoded
-        fed_steps_s, waited = training_steps(model, spec, fed, args.steps)
+        fed_steps_s, waited = training_steps(model, spec, fed, steps)
         result.update({
-            "student_steps_per_s": steps_s, "student_images_per_s": steps_s * args.batch_size,
-            "loader_over_student_2_workers": rates["2"] / (steps_s * args.batch_size),
+            "student_steps_per_s": steps_s, "student_images_per_s": steps_s * batch_size,
+            "loader_over_student_2_workers": rates["2"] / (steps_s * batch_size),
             "fed_steps_per_s_2_workers": fed_steps_s,
-            "trainer_wait_fraction_2_workers": waited * fed_steps_s / args.steps, "wait_target": 0.05})
-    counts = [int(c) for c in args.memory_counts.split(",")]
+            "trainer_wait_fraction_2_workers": waited * fed_steps_s / steps, "wait_target": 0.05})
+    counts = memory_counts
     context = multiprocessing.get_context("spawn")  # a fresh process per count: peak RSS is per process
     queue = context.Queue()
     peaks = {}
@@ -177,14 +187,19 @@ def run(args: argparse.Namespace) -> int:
     result["rss_ratio"] = (peaks[str(counts[-1])]["streaming_peak_rss_mib"]
                            / peaks[str(counts[0])]["streaming_peak_rss_mib"])
     result["rss_target"] = 1.1
-    lines = [f"input {args.size} px, batch {args.batch_size}, {args.model}, {result['machine']['cpus']} CPUs "
+    return result
+
+
+def format_result(result: dict) -> str:
+    rates, size, batch_size = result["loader_images_per_s"], result["input_size"], result["batch_size"]
+    steps_s, fed_steps_s = result["student_steps_per_s"], result["fed_steps_per_s_2_workers"]
+    lines = [f"input {size} px, batch {batch_size}, {result['model']}, {result['machine']['cpus']} CPUs "
              f"(load average {result['machine']['load_average'][0]:.1f})"]
     lines += [f"loader, {w} workers: {r:.0f} images/s" for w, r in rates.items()]
-    lines += [f"student training: {steps_s:.2f} steps/s = {steps_s * args.batch_size:.0f} images/s",
+    lines += [f"student training: {steps_s:.2f} steps/s = {steps_s * batch_size:.0f} images/s",
               f"fed by the loader (2 workers): {fed_steps_s:.2f} steps/s, trainer waited "
               f"{result['trainer_wait_fraction_2_workers']:.1%} of the time (target <= 5%)"]
     lines += [f"streaming {c} files: peak RSS {p['streaming_peak_rss_mib']:.1f} MiB while streaming "
-              f"({p['peak_rss_mib']:.1f} MiB with the imports)" for c, p in peaks.items()]
+              f"({p['peak_rss_mib']:.1f} MiB with the imports)" for c, p in result["memory"].items()]
     lines += [f"RSS ratio {result['rss_ratio']:.3f} (target <= 1.1)"]
-    emit(args, result, "\n".join(lines))
-    return 0
+    return "\n".join(lines)
