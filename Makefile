@@ -65,6 +65,7 @@ bench: install data
 	$(BIN)/lnpt bench prune
 	$(BIN)/lnpt bench train
 	$(BIN)/lnpt bench export
+	$(BIN)/lnpt bench data
 
 clean:
 	rm -rf $(VENV) $(VENV)-wheel dist build *.egg-info .pytest_cache
