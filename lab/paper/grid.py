@@ -513,8 +513,6 @@ def plot(store: dict[str, Any], profile: Profile, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lnpt.shared.files import atomic_write
-
     summary = summarise(store, profile)
     colours = dict(zip(SCORES, plt.get_cmap("tab10").colors))
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -532,14 +530,7 @@ def plot(store: dict[str, Any], profile: Profile, path: Path) -> None:
         if dense:
             ax.axhline(100 * dense["mean"], color="grey", linewidth=1,
                        linestyle="-" if training == "guided" else "--", label=f"dense student, {training}")
-    ax.set_xlabel("sparsity (%)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"lnpt accuracy grid ({profile.name}): solid = guided label-free, dashed = supervised")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="lower left")
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
-    plt.close(fig)
+    save_accuracy_plot(fig, ax, path, "sparsity (%)", f"lnpt accuracy grid ({profile.name})", "lower left")
 
 
 def plot_latency(store: dict[str, Any], profile: Profile, path: Path) -> None:
@@ -549,8 +540,6 @@ def plot_latency(store: dict[str, Any], profile: Profile, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from lnpt.shared.files import atomic_write
 
     summary, speed = summarise(store, profile), channel_speed(store)
     colours = dict(zip(CHANNEL_IMPORTANCES, plt.get_cmap("tab10").colors))
@@ -579,11 +568,21 @@ def plot_latency(store: dict[str, Any], profile: Profile, path: Path) -> None:
     if front:
         ax.step([x for x, _ in front], [y for _, y in front], where="post", color="black", linewidth=1,
                 label="Pareto front")
-    ax.set_xlabel("ONNX Runtime latency / dense (batch 1, 1 thread)")
+    save_accuracy_plot(fig, ax, path, "ONNX Runtime latency / dense (batch 1, 1 thread)",
+                       f"lnpt channel pruning ({profile.name})", "lower right")
+
+
+def save_accuracy_plot(fig, ax, path: Path, xlabel: str, title: str, legend_at: str) -> None:
+    """Label, legend and write (atomically) a test-accuracy plot of the grid, then close it."""
+    import matplotlib.pyplot as plt
+
+    from lnpt.shared.files import atomic_write
+
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"lnpt channel pruning ({profile.name}): solid = guided label-free, dashed = supervised")
+    ax.set_title(f"{title}: solid = guided label-free, dashed = supervised")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    ax.legend(fontsize=7, ncol=2, loc=legend_at)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
