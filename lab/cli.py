@@ -2,7 +2,7 @@
 
 `lnpt.lab` is the one package allowed to import both lnpt.cloud and lnpt.edge:
   lab/demo.py     the whole job end to end on one machine (`lnpt demo`)
-  lab/paper/      the paper's experiments (`lnpt analyze learning-gap|grid`)
+  lab/paper/      the paper's experiments (`lnpt analyze learning-gap|grid|objective`)
   lab/bench/      ops benchmarks reporting side-by-side ratios (`lnpt bench serve|prune|train|export|reliability`)
   lab/testing/    the fault harness (proxy, hostile requests, bad certificates) used by tests and `bench reliability`
 Each module adds its own parser through `register(actions)`.
@@ -14,7 +14,7 @@ import importlib
 
 BENCH_MODULES = ("lnpt.lab.bench.serve", "lnpt.lab.bench.prune", "lnpt.lab.bench.train",
                  "lnpt.lab.bench.export", "lnpt.lab.bench.reliability", "lnpt.lab.bench.device", "lnpt.lab.bench.data")
-ANALYSIS_MODULES = ("lnpt.lab.paper.learning_gap", "lnpt.lab.paper.grid")
+ANALYSIS_MODULES = ("lnpt.lab.paper.learning_gap", "lnpt.lab.paper.grid", "lnpt.lab.paper.objective_study")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

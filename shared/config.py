@@ -144,8 +144,10 @@ class ClientConfig:
 class ObjectiveConfig:
     """[objective] the label-free learning-gap objective (method.md)."""
     gap: str = field(default="mse", metadata=choice("mse", "cosine", "normalized"))
-    lambda_kd: float = field(default=1.0, metadata=at_least(0))
+    lambda_gap: float = field(default=1.0, metadata=at_least(0))  # 0 = KD only
+    lambda_kd: float = field(default=1.0, metadata=at_least(0))  # 0 = the learning gap only
     temperature: float = field(default=4.0, metadata=at_least(1e-3))
+    projector: str = field(default="learned", metadata=choice("learned", "fixed"))
 
 
 @dataclass

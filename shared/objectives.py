@@ -23,6 +23,9 @@ from torch import nn
 from lnpt.shared.errors import LnptError
 
 GAP_KINDS = ("mse", "cosine", "normalized")
+# How a student's features reach the teacher's width when the two differ: a linear map trained with the
+# student ("learned"), or a fixed seeded random one ("fixed": the gap cannot be closed by the map alone).
+PROJECTORS = ("learned", "fixed")
 
 
 class ObjectiveError(LnptError, ValueError):
@@ -100,13 +103,21 @@ class LearningGap(Objective):
     """LG between student and teacher features; a linear projector maps the student's width to
     the teacher's when they differ (a smaller student, or channel pruning of the last block)."""
 
-    def __init__(self, kind: str = "mse", student_dim: int | None = None, teacher_dim: int | None = None):
+    def __init__(self, kind: str = "mse", student_dim: int | None = None, teacher_dim: int | None = None,
+                 projector: str = "learned"):
         super().__init__()
         if kind not in GAP_KINDS:
             raise ObjectiveError(f"unknown learning-gap kind {kind!r}; choose one of {', '.join(GAP_KINDS)}")
+        if projector not in PROJECTORS:
+            raise ObjectiveError(f"unknown projector {projector!r}; choose one of {', '.join(PROJECTORS)}")
         self.kind = kind
         needs_projector = student_dim is not None and teacher_dim is not None and student_dim != teacher_dim
         self.projector = nn.Linear(student_dim, teacher_dim, bias=False) if needs_projector else None
+        if self.projector is not None and projector == "fixed":
+            # Seeded, so every run (and the pruning score) compares through the same map; frozen.
+            generator = torch.Generator().manual_seed(0)
+            weight = torch.randn(teacher_dim, student_dim, generator=generator) / student_dim ** 0.5
+            self.projector.weight = nn.Parameter(weight, requires_grad=False)
 
     def loss(self, features, logits, targets):
         if targets.features is None:
@@ -162,11 +173,15 @@ class WeightedSum(Objective):
 
 
 def guided_objective(gap: str = "mse", lambda_kd: float = 1.0, temperature: float = 4.0,
-                     student_dim: int | None = None, teacher_dim: int | None = None) -> Objective:
-    """LG + lambda_kd * KD, the label-free objective for the LNPT score and for guided training."""
-    return WeightedSum([(1.0, LearningGap(gap, student_dim, teacher_dim)), (lambda_kd, LogitKD(temperature))])
+                     student_dim: int | None = None, teacher_dim: int | None = None, *,
+                     lambda_gap: float = 1.0, projector: str = "learned") -> Objective:
+    """lambda_gap * LG + lambda_kd * KD, the label-free objective for the LNPT score and for guided
+    training (lambda_gap = 0: KD only; lambda_kd = 0: the learning gap only)."""
+    return WeightedSum([(lambda_gap, LearningGap(gap, student_dim, teacher_dim, projector)),
+                        (lambda_kd, LogitKD(temperature))])
 
 
 def objective_from_config(section, student_dim: int | None = None, teacher_dim: int | None = None) -> Objective:
     """The guided objective described by a config [objective] section (ObjectiveConfig)."""
-    return guided_objective(section.gap, section.lambda_kd, section.temperature, student_dim, teacher_dim)
+    return guided_objective(section.gap, section.lambda_kd, section.temperature, student_dim, teacher_dim,
+                            lambda_gap=section.lambda_gap, projector=section.projector)

@@ -40,9 +40,15 @@ def test_tiny_grid_writes_every_run_and_resumes(tmp_path, tiny_teacher, capsys):
     # 2 dense references + 2 scores x 2 trainings x 1 sparsity x 1 seed
     # + structured rows: 3 channel importances x 2 trainings x 1 channel ratio x 1 seed
     channel_rows = [(f"channels:{i}", t) for i in ("lnpt", "magnitude", "random") for t in ("guided", "supervised")]
+    # + label-scarce arm (10 % labeled) on the dense student and on the lnpt masks
     assert sorted((r["score"], r["training"]) for r in runs) == sorted(
         [("dense", "guided"), ("dense", "supervised"), ("lnpt", "guided"), ("lnpt", "supervised"),
-         ("magnitude", "guided"), ("magnitude", "supervised"), *channel_rows])
+         ("magnitude", "guided"), ("magnitude", "supervised"), *channel_rows,
+         ("dense", "supervised@0.1"), ("lnpt", "supervised@0.1")])
+    for run in runs:  # the scarce arm sees ~10 % of the 256 images, as many steps as the full arms (4)
+        assert run["labeled_images"] == {"guided": 0, "supervised": 256, "supervised@0.1": 26}[run["training"]]
+        assert run["steps"] == (4 if run["training"] == "supervised@0.1" else None)
+        assert run["distance_to_init"] > 0 and run["distance_to_teacher"] is not None  # lenet5 both sides
     structured = [r for r in runs if r["score"].startswith("channels:")]
     unstructured = [r for r in runs if not r["score"].startswith("channels:")]
     for run in structured:
@@ -64,11 +70,15 @@ def test_tiny_grid_writes_every_run_and_resumes(tmp_path, tiny_teacher, capsys):
     assert result["summary"]["lnpt|guided|0.9"]["n"] == 1
 
     stored = json.loads((out / "grid.json").read_text())
-    assert len(stored["runs"]) == 12 and stored["recipe"]["augment"] is False
+    assert len(stored["runs"]) == 14 and stored["recipe"]["augment"] is False
+    assert stored["recipe"]["arms"] == {"guided": {"lr": 0.01}}
     table = (out / "grid.md").read_text()
     for row in ("| lnpt | guided |", "| lnpt | supervised |", "| magnitude | guided |", "| teacher (lenet5) |"):
         line = next(line for line in table.splitlines() if line.startswith(row))
         assert "±" in line or row.startswith("| teacher")
+    for section in ("### Label-scarce comparison", "| lnpt | 0.9 |", "one standard error", "Claim 1 across runs",
+                    "‖θ − θ0‖", "95 % t-interval"):
+        assert section in table
     assert (out / "grid.png").read_bytes()[:8] == PNG_MAGIC
     assert (out / "grid-latency.png").read_bytes()[:8] == PNG_MAGIC
     channels = table[table.index("### Channel pruning"):]
@@ -91,6 +101,40 @@ def test_tiny_grid_writes_every_run_and_resumes(tmp_path, tiny_teacher, capsys):
     # A different recipe is refused with a message naming what differs.
     code, _, err = grid(capsys, out, tiny_teacher, "--epochs", "2")
     assert code == 2 and "epochs" in err and "--fresh" in err
+
+
+def test_shards_split_the_grid_and_share_one_store(tmp_path, tiny_teacher, capsys):
+    out = tmp_path / "sharded"
+    few = ("--scores", "lnpt,magnitude", "--channel-ratios", "0")
+    code, first, _ = grid(capsys, out, tiny_teacher, "--shard", "0/2", *few)
+    assert code == 0
+    mine = {(r["score"], r["training"]) for r in first["runs"]}
+    code, both, _ = grid(capsys, out, tiny_teacher, "--shard", "1/2", *few)
+    assert code == 0
+    everything = {(r["score"], r["training"]) for r in both["runs"]}
+    assert mine < everything and len(everything) == 8  # dense and lnpt with 3 arms, magnitude with 2
+    # Both arms of one mask run in the same shard: each shard's (score) groups are whole.
+    assert {t for s, t in mine if s == "lnpt"} in (set(), {"guided", "supervised", "supervised@0.1"})
+    code, _, err = grid(capsys, out, tiny_teacher, "--shard", "2/2", *few)
+    assert code == 2 and "--shard" in err
+
+
+def test_label_scarce_subsets_are_class_balanced_and_seeded():
+    import torch
+
+    from lnpt.lab.paper.experiment import label_fraction, labeled_subset
+    from lnpt.shared.data import load_fashion_mnist
+
+    _, labels = load_fashion_mnist(True)
+    for fraction, per_class in ((0.01, 60), (0.1, 600)):
+        subset = labeled_subset(labels, fraction, seed=0)
+        assert torch.bincount(labels[subset], minlength=10).tolist() == [per_class] * 10
+        assert torch.equal(subset, labeled_subset(labels, fraction, seed=0))
+        assert not torch.equal(subset, labeled_subset(labels, fraction, seed=1))
+    assert (label_fraction("guided"), label_fraction("supervised"), label_fraction("supervised@0.01")) == (0, 1, 0.01)
+    for bad in ("guided@0.1", "supervised@2", "supervised@x", "oracle"):
+        with pytest.raises(Exception, match="training"):
+            label_fraction(bad)
 
 
 def test_bad_grid_options_are_named(tmp_path, tiny_teacher, capsys):

@@ -82,6 +82,10 @@ def test_objective_from_config_reads_the_objective_section():
     objective = objective_from_config(cfg.objective)
     assert isinstance(objective, WeightedSum) and len(objective.terms) == 1  # KD weight 0 is dropped
     assert objective.terms[0].kind == "cosine"
+    cfg = load_config(overrides=["objective.lambda_gap=0", "objective.temperature=2"])
+    assert [type(t) for t in objective_from_config(cfg.objective).terms] == [LogitKD]
+    cfg = load_config(overrides=["objective.projector=fixed"])
+    assert not objective_from_config(cfg.objective, 84, 64).terms[0].projector.weight.requires_grad
 
 
 def test_gradients_reach_the_classifier_only_through_the_kd_term(batch):
@@ -126,3 +130,32 @@ def test_cross_entropy_uses_labels_and_says_when_they_are_missing(batch):
         CrossEntropy()(student, x, Targets(features=targets.features))
     with pytest.raises(ObjectiveError, match="teacher features"):
         LearningGap()(student, x, Targets(labels=targets.labels))
+
+
+def test_fixed_projector_is_seeded_and_never_trained(batch):
+    x, targets = batch
+    student = build_model("lenet5", 10, FASHION_MNIST_SPEC)
+    objective = guided_objective(student_dim=84, teacher_dim=64, projector="fixed")
+    projector = objective.terms[0].projector
+    before = projector.weight.detach().clone()
+    assert torch.equal(before, guided_objective(student_dim=84, teacher_dim=64, projector="fixed")
+                       .terms[0].projector.weight)  # the same map in every run
+    optimizer = torch.optim.SGD([*student.parameters(), *objective.parameters()], lr=0.05)
+    objective(student, x, targets).backward()
+    optimizer.step()
+    assert projector.weight.grad is None and torch.equal(projector.weight, before)
+    with pytest.raises(ObjectiveError, match="projector"):
+        guided_objective(student_dim=84, teacher_dim=64, projector="oracle")
+
+
+def test_term_weights_select_kd_only_or_gap_only(batch):
+    x, targets = batch
+    student = build_model("resnet20", 10, FASHION_MNIST_SPEC)
+    kd_only = guided_objective(lambda_gap=0.0)
+    gap_only = guided_objective(lambda_kd=0.0)
+    assert [type(t) for t in kd_only.terms] == [LogitKD] and [type(t) for t in gap_only.terms] == [LearningGap]
+    without_labels = Targets(targets.features, targets.logits)
+    both = guided_objective()(student, x, without_labels)
+    assert torch.allclose(both, kd_only(student, x, without_labels) + gap_only(student, x, without_labels), atol=1e-5)
+    with pytest.raises(ObjectiveError):
+        guided_objective(lambda_gap=0.0, lambda_kd=0.0)

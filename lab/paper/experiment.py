@@ -44,6 +44,35 @@ class Recipe:
     momentum: float = 0.9  # sgd only
     weight_decay: float = 5e-4
     optimizer: str = "sgd"  # sgd (Nesterov momentum) or adam
+    # Optimizer steps in all; 0 = epochs x batches. A label-scarce arm (few images) sets it so that it
+    # trains as long as the arms on all images, cycling over its few images.
+    steps: int = 0
+
+
+def label_fraction(training: str) -> float:
+    """The share of the training images that carry labels in an arm: "supervised@0.01" -> 0.01;
+    "supervised" -> 1.0; the label-free arm "guided" -> 0.0 (it reads no label)."""
+    name, _, share = training.partition("@")
+    if name not in TRAININGS or (share and name != "supervised"):
+        raise ExperimentError(f"unknown training {training!r}; choose guided, supervised or supervised@FRACTION")
+    if name == "guided":
+        return 0.0
+    try:
+        fraction = float(share) if share else 1.0
+    except ValueError:
+        raise ExperimentError(f"training {training!r}: the label fraction after @ must be a number") from None
+    if not 0 < fraction <= 1:
+        raise ExperimentError(f"training {training!r}: the label fraction must lie in (0, 1]")
+    return fraction
+
+
+def labeled_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """Indices of a seeded, class-balanced `fraction` of the images (all of them for 1.0)."""
+    if fraction >= 1:
+        return torch.arange(len(labels))
+    from lnpt.shared.labeled import stratified_pick
+
+    return torch.from_numpy(stratified_pick(labels.numpy(), fraction, seed))
 
 
 def fashion_split(train_samples: int, test_samples: int, seed: int = 0):
@@ -86,18 +115,21 @@ def teacher_targets(teacher, images: torch.Tensor, batch_size: int = 512) -> Tar
     return Targets(torch.cat([f for f, _ in pairs]), torch.cat([z for _, z in pairs]))
 
 
-def objective_for(training: str, student_dim: int, teacher_dim: int) -> Objective:
-    """The only thing that differs between the two arms."""
-    if training == "guided":
-        return guided_objective(student_dim=student_dim, teacher_dim=teacher_dim)
-    if training == "supervised":
-        return CrossEntropy()
-    raise ExperimentError(f"unknown training {training!r}; choose one of {', '.join(TRAININGS)}")
+def objective_for(training: str, student_dim: int, teacher_dim: int, settings=None) -> Objective:
+    """The only thing that differs between the arms: the guided objective (its terms from `settings`, an
+    ObjectiveConfig; the defaults when None) or cross-entropy on labels for every supervised arm."""
+    if label_fraction(training) == 0.0:
+        from lnpt.shared.config import ObjectiveConfig
+
+        s = settings or ObjectiveConfig()
+        return guided_objective(s.gap, s.lambda_kd, s.temperature, student_dim, teacher_dim,
+                                lambda_gap=s.lambda_gap, projector=s.projector)
+    return CrossEntropy()
 
 
 def targets_for(training: str, guidance: Targets, labels: torch.Tensor) -> Targets:
     """Label-free arm: the teacher's targets only. Supervised arm: the labels only."""
-    if training == "guided":
+    if label_fraction(training) == 0.0:
         return Targets(guidance.features, guidance.logits)
     return Targets(labels=labels)
 
@@ -119,15 +151,17 @@ def train(model: ZooNet, spec: InputSpec, images: torch.Tensor, targets: Targets
     inputs = normalize(adapt(images, spec), spec).to(device)
     targets = targets.to(device)
     steps_per_epoch = math.ceil(len(images) / recipe.batch_size)
+    total_steps = recipe.steps or recipe.epochs * steps_per_epoch
     optimizer, schedule = make_optimizer([*model.parameters(), *objective.parameters()], recipe.optimizer,
                                          lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
-                                         total_steps=recipe.epochs * steps_per_epoch)
+                                         total_steps=total_steps)
     generator = torch.Generator().manual_seed(seed)
     losses = []
-    for epoch in range(1, recipe.epochs + 1):
+    for epoch in range(1, math.ceil(total_steps / steps_per_epoch) + 1):
         model.train()
         total = 0.0
-        for index in torch.randperm(len(images), generator=generator).split(recipe.batch_size):
+        left = total_steps - (epoch - 1) * steps_per_epoch  # the last pass may stop part way
+        for index in torch.randperm(len(images), generator=generator).split(recipe.batch_size)[:left]:
             index = index.to(device)
             loss = objective(model, inputs[index], take(targets, index))
             value = float(loss.detach())
@@ -138,7 +172,7 @@ def train(model: ZooNet, spec: InputSpec, images: torch.Tensor, targets: Targets
             optimizer.step()
             schedule.step()
             total += value * len(index)
-        losses.append(total / len(images))
+        losses.append(total / min(len(images), left * recipe.batch_size))
         if on_epoch is not None:
             on_epoch(epoch, losses[-1])
     return losses
@@ -156,6 +190,30 @@ def measure(model: ZooNet, spec: InputSpec, images: torch.Tensor, labels: torch.
         result["teacher_agreement"] = top1(logits, teacher_test.logits)
         result["cka_gap"] = 1.0 - linear_cka(features, teacher_test.features)
     return result
+
+
+def effective_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The floating-point state as the model computes with it: a pruned weight is its orig x mask."""
+    state = model.state_dict()
+    weights = {}
+    for name, value in state.items():
+        if name.endswith("_mask") or not value.is_floating_point():
+            continue
+        if name.endswith("_orig"):
+            name = name.removesuffix("_orig")
+            value = value * state[f"{name}_mask"]
+        weights[name] = value.detach().cpu().clone()
+    return weights
+
+
+def weight_distance(model: torch.nn.Module, reference: dict[str, torch.Tensor]) -> float | None:
+    """||theta - theta_ref|| over the effective weights both share with equal shapes; None when they
+    share none (a different architecture: no distance to that teacher)."""
+    weights = effective_weights(model)
+    shared = [n for n, v in weights.items() if n in reference and reference[n].shape == v.shape]
+    if not shared:
+        return None
+    return math.sqrt(sum(float((weights[n] - reference[n]).double().pow(2).sum()) for n in shared))
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:

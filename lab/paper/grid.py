@@ -25,15 +25,18 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from lnpt.shared.cli import add_format_option, emit
 
 # The registered pruning scores (edge.pruning.scorers.SCORERS), in the order the grid reports them.
-SCORES = ("lnpt", "snip", "grasp", "synflow", "magnitude", "random")
+SCORES = ("lnpt", "lnpt-progressive", "snip", "grasp", "synflow", "magnitude", "random")
+ONE_SHOT_SCORES = tuple(s for s in SCORES if s != "lnpt-progressive")  # the quick profile's record
 TRAININGS = ("guided", "supervised")
 DENSE = "dense"
 # Channel importance of the structured rows -> Torch-Pruning criterion (edge.pruning.structured).
@@ -67,16 +70,45 @@ class Profile:
     device: str = "cpu"
     channel_ratios: tuple[float, ...] = ()  # structured rows: channel ratio removed; () = none
     channel_importances: tuple[str, ...] = tuple(CHANNEL_IMPORTANCES)
+    # The label-scarce arms: supervised on a seeded, class-balanced share of the images only
+    # ("supervised@0.01"), trained as many steps as the arms on all images, on the dense student and
+    # on the masks of `scarce_scores`.
+    label_fractions: tuple[float, ...] = ()
+    scarce_scores: tuple[str, ...] = ("lnpt",)
+    # Per-arm settings that differ from the profile's (lr, epochs, optimizer; "objective": the guided
+    # objective's [objective] keys), e.g. {"guided": {"lr": 0.01}}: each arm gets its own best setting.
+    arms: dict = field(default_factory=dict)
+    teacher_file: str = ""  # the profile's kept teacher (used when --teacher is not given)
     notes: str = field(default="", compare=False)
 
+    @property
+    def scarce_trainings(self) -> tuple[str, ...]:
+        return tuple(f"supervised@{f:g}" for f in self.label_fractions)
+
+
+# Chosen by `lnpt analyze objective` (docs/results/objective-study/study.md); until it has run, today's
+# defaults: Adam 5e-3 and 5 epochs for every arm, LG (mse, learned projector) + 1.0 x KD at tau 4.
+ARMS_STANDARD: dict = {}
 
 PROFILES = {
     "tiny": Profile("tiny", "lenet5", "lenet5", 1000, 1, train_samples=256, test_samples=256, epochs=1,
                     prune_samples=32, scores=("lnpt", "magnitude"), sparsities=(0.9,), seeds=(0,),
-                    channel_ratios=(0.5,), notes="smoke test only: numbers mean nothing"),
+                    channel_ratios=(0.5,), label_fractions=(0.1,), arms={"guided": {"lr": 0.01}},
+                    notes="smoke test only: numbers mean nothing"),
     "quick": Profile("quick", "lenet5", "lenet5", 0, 10, train_samples=10000, test_samples=0, epochs=5,
+                     scores=ONE_SHOT_SCORES,
                      notes="2-core CPU: LeNet-5 teacher trained on all 60k labelled images for 10 epochs (the cloud), "
                            "LeNet-5 students on a 10k-image subset (the edge), 5 epochs, no augmentation"),
+    # The evidence profile (docs/RESULTS.md): the kept mature ResNet-20 teacher, LeNet-5 students (another
+    # architecture and width: the projector is used) on all 60k images as unlabeled data, 3 seeds; label-
+    # scarce arms; channel rows. ARMS_STANDARD: each arm's settings from `lnpt analyze objective`
+    # (docs/results/objective-study/), chosen on a validation split of the training images.
+    "standard": Profile("standard", "lenet5", "resnet20", 0, 30, train_samples=0, test_samples=0, epochs=5,
+                        sparsities=(0.9, 0.95, 0.98), seeds=(0, 1, 2), channel_ratios=(0.3, 0.5, 0.7),
+                        label_fractions=(0.01, 0.1), arms=ARMS_STANDARD,
+                        teacher_file="docs/results/mature-teacher/resnet20-fmnist.pt",
+                        notes="2-core CPU, two shards of one thread: mature ResNet-20 teacher (kept file), "
+                              "LeNet-5 students on all 60k images, 5 epochs, 3 seeds"),
     "full": Profile("full", "resnet20", "resnet32", 0, 60, train_samples=0, test_samples=0, epochs=40,
                     lr=1e-3, seeds=(0, 1, 2), device="cuda", channel_ratios=(0.3, 0.5, 0.7),
                     notes="GPU: ResNet-32 teacher, ResNet-20 students on all 60k images, 40 epochs"),
@@ -104,6 +136,9 @@ def register(actions: argparse._SubParsersAction, deprecated_alias: bool = False
     parser.add_argument("--seeds", type=int, help="number of seeds 0..N-1 (default: the profile's)")
     parser.add_argument("--epochs", type=int, help="student epochs (default: the profile's)")
     parser.add_argument("--train-samples", type=int, help="student training images (default: the profile's)")
+    parser.add_argument("--shard", default="0/1", help="K/N: train only the K-th of N interleaved parts; run N "
+                                                       "processes with the same --out (e.g. 0/2 and 1/2, one "
+                                                       "thread each) to use N cores (default 0/1: all)")
     parser.add_argument("--fresh", action="store_true", help="discard OUT/grid.json instead of resuming it")
     add_format_option(parser)
     parser.set_defaults(handler=run)
@@ -146,6 +181,19 @@ def profile_from_args(args: argparse.Namespace) -> Profile:
     return replace(profile, **changes)
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """"K/N" -> (K, N) with 0 <= K < N, or an ExperimentError naming --shard."""
+    from lnpt.lab.paper.experiment import ExperimentError
+
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ExperimentError(f"--shard {text!r}: give K/N, e.g. 0/2") from None
+    if not 0 <= k < n:
+        raise ExperimentError(f"--shard {text!r}: K must lie in 0..N-1")
+    return k, n
+
+
 def fractions(flag: str, text: str) -> tuple[float, ...]:
     """Comma-separated numbers strictly between 0 and 1, or an ExperimentError naming `flag`."""
     from lnpt.lab.paper.experiment import ExperimentError
@@ -166,7 +214,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     profile = profile_from_args(args)
     out = Path(args.out or f"results/grid-{profile.name}")
-    result = run_grid(profile, out, teacher_path=Path(args.teacher) if args.teacher else None, fresh=args.fresh)
+    result = run_grid(profile, out, teacher_path=Path(args.teacher) if args.teacher else None, fresh=args.fresh,
+                      shard=parse_shard(args.shard))
     written = [out / name for name in ("grid.json", "grid.md", "grid.png")] + (
         [out / "grid-latency.png"] if profile.channel_ratios else [])
     emit(args, result, f"{result['markdown']}\nwrote {', '.join(map(str, written))}")
@@ -183,10 +232,11 @@ def planned_runs(profile: Profile) -> list[tuple[str, str, float, int]]:
     """Seed by seed (a stopped grid has complete seeds first), dense references first, structured
     rows last; a structured row's third element is its channel ratio."""
     runs = []
+    scarce = profile.scarce_trainings
     for seed in profile.seeds:
-        runs += [(DENSE, training, 0.0, seed) for training in profile.trainings]
-        runs += [(score, training, sparsity, seed) for sparsity in profile.sparsities
-                 for score in profile.scores for training in profile.trainings]
+        runs += [(DENSE, training, 0.0, seed) for training in profile.trainings + scarce]
+        runs += [(score, training, sparsity, seed) for sparsity in profile.sparsities for score in profile.scores
+                 for training in profile.trainings + (scarce if score in profile.scarce_scores else ())]
         runs += [(CHANNELS + importance, training, ratio, seed) for ratio in profile.channel_ratios
                  for importance in profile.channel_importances for training in profile.trainings]
     return runs
@@ -195,9 +245,46 @@ def planned_runs(profile: Profile) -> list[tuple[str, str, float, int]]:
 def recipe_of(profile: Profile, teacher_version: str) -> dict[str, Any]:
     """What decides a run's numbers; a stored grid is resumed only under the same recipe."""
     keep = ("student", "teacher", "train_samples", "test_samples", "epochs", "batch_size", "optimizer", "lr",
-            "weight_decay", "prune_samples")
+            "weight_decay", "prune_samples", "arms")
     return {**{k: asdict(profile)[k] for k in keep}, "teacher_version": teacher_version, "augment": False,
             "schedule": "cosine over all steps"}
+
+
+def arm_settings(profile: Profile, training: str) -> tuple[Any, Any]:
+    """(Recipe, ObjectiveConfig or None) of one arm: the profile's settings with the arm's own on top.
+    A label-scarce arm ("supervised@F") falls back to "supervised"'s settings."""
+    from lnpt.lab.paper import experiment as ex
+    from lnpt.shared.config import ObjectiveConfig
+
+    own = profile.arms.get(training, profile.arms.get(training.partition("@")[0], {}))
+    recipe = ex.Recipe(own.get("epochs", profile.epochs), profile.batch_size, own.get("lr", profile.lr),
+                       weight_decay=own.get("weight_decay", profile.weight_decay),
+                       optimizer=own.get("optimizer", profile.optimizer))
+    objective = ObjectiveConfig(**own.get("objective", {})) if ex.label_fraction(training) == 0.0 else None
+    return recipe, objective
+
+
+def arm_dict(profile: Profile, training: str) -> dict[str, Any]:
+    """An arm's settings written out in full: {"lr", "epochs", "objective" (guided only)}."""
+    recipe, objective = arm_settings(profile, training)
+    settings: dict[str, Any] = {"lr": recipe.lr, "epochs": recipe.epochs}
+    if objective is not None:
+        settings["objective"] = asdict(objective)
+    return settings
+
+
+def describe_settings(settings: dict[str, Any]) -> str:
+    """A short, readable name of one arm's settings: 'lr 0.005, 5 ep, LG mse/learned + 1 x KD tau 4'."""
+    text = f"lr {settings['lr']:g}, {settings['epochs']} ep"
+    objective = settings.get("objective")
+    if objective:
+        terms = []
+        if objective["lambda_gap"]:
+            terms.append(f"{objective['lambda_gap']:g} x LG {objective['gap']}/{objective['projector']}")
+        if objective["lambda_kd"]:
+            terms.append(f"{objective['lambda_kd']:g} x KD tau {objective['temperature']:g}")
+        text += ", " + " + ".join(terms)
+    return text
 
 
 def load_store(path: Path, recipe: dict[str, Any], fresh: bool) -> dict[str, Any]:
@@ -221,7 +308,11 @@ def load_store(path: Path, recipe: dict[str, Any], fresh: bool) -> dict[str, Any
 
 
 def run_grid(profile: Profile, out: Path, teacher_path: Path | None = None, fresh: bool = False,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
+    """Run (or continue) the grid of `profile` into OUT/grid.json and write OUT/grid.md and the plots.
+    `shard=(k, n)`: this process trains only the k-th of n interleaved parts (whole seeds x scores x
+    sparsities, so both arms of one mask stay together); n processes with the same OUT share the store
+    under a file lock, and each writes the reports from all runs finished so far."""
     import sys
 
     import torch
@@ -235,7 +326,11 @@ def run_grid(profile: Profile, out: Path, teacher_path: Path | None = None, fres
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ex.ExperimentError(f"profile {profile.name} asks for cuda but no GPU is visible; pass --device cpu")
     out.mkdir(parents=True, exist_ok=True)
-    teacher_path = teacher_path or out / "teacher.pt"
+    kept = kept_file(profile.teacher_file) if profile.teacher_file else None
+    teacher_path = teacher_path or kept or out / "teacher.pt"
+    if not teacher_path.is_file() and teacher_path == kept:
+        raise ex.ExperimentError(f"profile {profile.name} uses the kept teacher {kept}, which does not exist yet: "
+                                 f"train it with the recipe in {kept.parent / 'README.md'}, or pass --teacher")
     if not teacher_path.is_file() and teacher_path != out / "teacher.pt":
         raise ex.ExperimentError(f"teacher file {teacher_path} does not exist; omit --teacher to train one")
     trained = ex.ensure_teacher(teacher_path, profile.teacher, profile.teacher_train_samples,
@@ -247,16 +342,18 @@ def run_grid(profile: Profile, out: Path, teacher_path: Path | None = None, fres
     teacher_test = ex.teacher_targets(teacher, test_x)
 
     store_path = out / "grid.json"
-    store = load_store(store_path, recipe_of(profile, teacher.version), fresh)
-    store["profile"] = {**asdict(profile), "name": profile.name}
-    store["teacher"] = {"path": str(teacher_path), "arch": teacher.arch, "version": teacher.version,
-                        "test_accuracy": top1(teacher_test.logits, test_y),
-                        "trained_now": trained is not None}
-    store["machine"] = machine()
-    ex.write_json(store_path, store)
+    teacher_weights = ex.effective_weights(teacher.teacher.model)  # for ||theta - theta_T|| (same arch only)
+    with locked(store_path):
+        store = load_store(store_path, recipe_of(profile, teacher.version), fresh and shard[0] == 0)
+        store["profile"] = {**asdict(profile), "name": profile.name}
+        store["teacher"] = {"path": str(teacher_path), "arch": teacher.arch, "version": teacher.version,
+                            "test_accuracy": top1(teacher_test.logits, test_y),
+                            "trained_now": trained is not None}
+        store["machine"] = machine()
+        ex.write_json(store_path, store)
 
     plan = planned_runs(profile)
-    pending = [run for run in plan if run_key(*run) not in store["runs"]]
+    pending = [run for run in plan if run_key(*run) not in store["runs"] and in_shard(run, plan, shard)]
     masks_cache: dict[tuple, tuple[Any, dict]] = {}
     speeds: dict[Any, Any] = {}  # the dense ONNX file, then ORT latency per channel ratio (widths only)
     bar = tqdm(total=len(plan), initial=len(plan) - len(pending), unit="run", desc=f"grid {profile.name}",
@@ -284,12 +381,17 @@ def run_grid(profile: Profile, out: Path, teacher_path: Path | None = None, fres
 
             apply_masks(student, masks)
         student.to(device)
-        objective = ex.objective_for(training, student.feature_dim, teacher.feature_dim)
-        recipe = ex.Recipe(profile.epochs, profile.batch_size, profile.lr, weight_decay=profile.weight_decay,
-                           optimizer=profile.optimizer)
+        initial_weights = ex.effective_weights(student)
+        recipe, settings = arm_settings(profile, training)
+        objective = ex.objective_for(training, student.feature_dim, teacher.feature_dim, settings)
+        images, targets = train_x, ex.targets_for(training, guidance, train_y)
+        fraction = ex.label_fraction(training)
+        if 0 < fraction < 1:  # label-scarce: few labeled images, as many steps as the arms on all images
+            subset = ex.labeled_subset(train_y, fraction, seed)
+            images, targets = train_x[subset], ex.take(targets, subset)
+            recipe = replace(recipe, steps=recipe.epochs * math.ceil(len(train_x) / recipe.batch_size))
         try:
-            losses = ex.train(student, spec, train_x, ex.targets_for(training, guidance, train_y), objective,
-                              recipe, seed=seed, device=device)
+            losses = ex.train(student, spec, images, targets, objective, recipe, seed=seed, device=device)
             diverged = False
         except ex.ExperimentError:  # a failed run is a result too: recorded with what the model now scores
             losses, diverged = [float("nan")], True
@@ -297,17 +399,25 @@ def run_grid(profile: Profile, out: Path, teacher_path: Path | None = None, fres
 
         metrics = ex.measure(student, spec, test_x, test_y, teacher_test)
         structured = {k: v for k, v in prune_info.items() if k != "seconds"} if score.startswith(CHANNELS) else {}
-        store["runs"][run_key(score, training, sparsity, seed)] = {
+        record = {
             "score": score, "training": training, "sparsity": 0.0 if structured else sparsity, "seed": seed,
             **structured, "actual_sparsity": measured_sparsity(student), **metrics, "final_train_loss": losses[-1],
+            "labeled_images": len(images) if fraction else 0, "steps": recipe.steps or None,
+            "distance_to_init": ex.weight_distance(student, initial_weights),
+            "distance_to_teacher": ex.weight_distance(student, teacher_weights),
             "diverged": diverged, "prune_seconds": prune_info.get("score_seconds", prune_info.get("seconds", 0.0)),
             "seconds": time.perf_counter() - started,
         }
-        ex.write_json(store_path, store)  # after every run: an interrupted grid resumes here
+        with locked(store_path):  # after every run: an interrupted grid resumes here
+            store = merged_store(store_path, store)
+            store["runs"][run_key(score, training, sparsity, seed)] = record
+            ex.write_json(store_path, store)
         bar.update(1)
         bar.write(f"{score:>9} {training:>10} {sparsity:5.3g} seed {seed}: accuracy {metrics['accuracy']:.4f}",
                   file=sys.stderr)
     bar.close()
+    with locked(store_path):
+        store = merged_store(store_path, store)  # the reports cover every shard's finished runs
     markdown = markdown_report(store, profile)
     ex.write_text(out / "grid.md", markdown)
     plot(store, profile, out / "grid.png")
@@ -316,6 +426,44 @@ def run_grid(profile: Profile, out: Path, teacher_path: Path | None = None, fres
     return {"out": str(out), "profile": store["profile"], "teacher": store["teacher"], "recipe": store["recipe"],
             "machine": store["machine"], "summary": summarise(store, profile), "runs": list(store["runs"].values()),
             "markdown": markdown}
+
+
+def kept_file(relative: str) -> Path:
+    """A file kept in the repository (docs/results/...): found from the current folder, else from the
+    checkout this module runs from."""
+    here = Path(relative)
+    checkout = Path(__file__).resolve().parents[2] / relative
+    return checkout if not here.exists() and checkout.exists() else here
+
+
+@contextmanager
+def locked(store_path: Path) -> Iterator[None]:
+    """An exclusive lock beside the store: shards of one grid never write over each other's runs."""
+    import fcntl
+
+    with open(store_path.with_suffix(".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def merged_store(store_path: Path, store: dict[str, Any]) -> dict[str, Any]:
+    """This process's store with the runs other shards wrote since it last looked (call under `locked`)."""
+    import json
+
+    if store_path.is_file():
+        on_disk = json.loads(store_path.read_text())
+        store["runs"] = {**on_disk.get("runs", {}), **store["runs"]}
+    return store
+
+
+def in_shard(run: tuple[str, str, float, int], plan: list[tuple[str, str, float, int]],
+             shard: tuple[int, int]) -> bool:
+    """Whether `run` belongs to shard k of n: its (score, level, seed) group, numbered in plan order."""
+    groups = list(dict.fromkeys((r[0], r[2], r[3]) for r in plan))
+    return groups.index((run[0], run[2], run[3])) % shard[1] == shard[0]
 
 
 def fresh_student(profile: Profile, spec, seed: int):
@@ -433,8 +581,9 @@ def markdown_report(store: dict[str, Any], profile: Profile) -> str:
              f"Test accuracy (%) on {profile.test_samples or 10000} Fashion-MNIST test images, mean ± std over "
              f"{seeds} seed(s) (n = runs finished). Student {profile.student}, teacher {profile.teacher} "
              f"({100 * store['teacher']['test_accuracy']:.2f} %), {profile.train_samples or 'all'} training "
-             f"images, {profile.epochs} epoch(s), {profile.optimizer} lr {profile.lr:g} (both arms), "
-             f"prune samples {profile.prune_samples}. "
+             f"images, prune samples {profile.prune_samples}, {profile.optimizer}, cosine schedule; per arm: "
+             + "; ".join(f"{t}: {describe_settings(arm_dict(profile, t))}"
+                         for t in profile.trainings + profile.scarce_trainings) + ". "
              f"guided = label-free (learning gap + KD on teacher targets); supervised = cross-entropy on labels.",
              "", "| score | training | " + " | ".join(f"{s:.0%}" if s < 0.99 else f"{s:.1%}"
                                                       for s in profile.sparsities) + " |",
@@ -448,28 +597,121 @@ def markdown_report(store: dict[str, Any], profile: Profile) -> str:
     for training in profile.trainings:
         lines.append(f"| student ({profile.student}), {training} | {cell(summary, f'{DENSE}|{training}|0')} |")
     if set(TRAININGS) <= set(profile.trainings):
-        lines += ["", "Guided minus supervised (percentage points, mean over seeds):", "",
+        lines += ["", "Guided minus supervised (percentage points): mean of the per-seed differences (same "
+                  "student, masks and data order) and its 95 % t-interval over seeds:", "",
                   "| score | " + " | ".join(f"{s:g}" for s in profile.sparsities) + " |",
                   "|---|" + "---|" * len(profile.sparsities)]
         for score in profile.scores:
-            diffs = []
-            for s in profile.sparsities:
-                g, u = summary.get(f"{score}|guided|{s:g}"), summary.get(f"{score}|supervised|{s:g}")
-                diffs.append("–" if g is None or u is None else f"{100 * (g['mean'] - u['mean']):+.2f}")
-            lines.append(f"| {score} | " + " | ".join(diffs) + " |")
-    if "guided" in profile.trainings and "lnpt" in profile.scores:
-        lines += ["", "Under guided training, rank of the lnpt score among the scores (1 = best mean accuracy):", "",
-                  "| sparsity | lnpt | best score | best accuracy (%) |", "|---|---|---|---|"]
-        for s in profile.sparsities:
-            means = {score: summary[f"{score}|guided|{s:g}"]["mean"] for score in profile.scores
-                     if f"{score}|guided|{s:g}" in summary}
-            if "lnpt" in means:
-                ranked = sorted(means, key=means.get, reverse=True)
-                lines.append(f"| {s:g} | {ranked.index('lnpt') + 1} of {len(ranked)} | {ranked[0]} | "
-                             f"{100 * means[ranked[0]]:.2f} |")
+            cells = [difference_cell(store, score, "guided", "supervised", s) for s in profile.sparsities]
+            lines.append(f"| {score} | " + " | ".join(cells) + " |")
+    if profile.label_fractions:
+        lines += [""] + scarce_report(store, profile, summary)
+    if "guided" in profile.trainings:
+        lines += [""] + rank_report(profile, summary)
+    lines += [""] + correlation_report(store)
     if profile.channel_ratios:
         lines += [""] + channel_report(store, profile, summary)
     return "\n".join(lines) + "\n"
+
+
+def paired_differences(store: dict[str, Any], score: str, a: str, b: str, sparsity: float) -> list[float]:
+    """Accuracy of arm `a` minus arm `b` per seed where both finished (the same student and masks)."""
+    runs = store["runs"]
+    seeds = sorted({r["seed"] for r in runs.values()})
+    level = 0.0 if score == DENSE else sparsity
+    keys = [(run_key(score, a, level, seed), run_key(score, b, level, seed)) for seed in seeds]
+    return [runs[x]["accuracy"] - runs[y]["accuracy"] for x, y in keys if x in runs and y in runs]
+
+
+def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float] | None:
+    """Student-t interval of the mean (None with fewer than two values)."""
+    import statistics
+
+    from scipy.stats import t
+
+    if len(values) < 2:
+        return None
+    half = t.ppf(0.5 + level / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    mean = statistics.fmean(values)
+    return mean - half, mean + half
+
+
+def difference_cell(store: dict[str, Any], score: str, a: str, b: str, sparsity: float) -> str:
+    diffs = paired_differences(store, score, a, b, sparsity)
+    if not diffs:
+        return "–"
+    interval = t_interval(diffs)
+    mean = 100 * sum(diffs) / len(diffs)
+    return f"{mean:+.2f}" + (f" [{100 * interval[0]:+.2f}, {100 * interval[1]:+.2f}]" if interval else " (n=1)")
+
+
+def scarce_report(store: dict[str, Any], profile: Profile, summary: dict[str, Any]) -> list[str]:
+    """What an edge user decides: label-free on all images, or supervised on the few they can label."""
+    arms = ("guided", *profile.scarce_trainings, "supervised")
+    names = {"guided": "label-free, all images", "supervised": "supervised, all images labeled"}
+    names.update({t: f"supervised, {float(t.split('@')[1]):.0%} labeled" for t in profile.scarce_trainings})
+    lines = ["### Label-scarce comparison", "",
+             "Label-free training on all images vs supervised training on only a seeded, class-balanced share "
+             "of them with labels (trained as many steps as the arms on all images, each arm with its own "
+             "settings). Test accuracy (%), mean ± std over seeds; then label-free minus each scarce arm with "
+             "its 95 % t-interval.", "",
+             "| student | sparsity | " + " | ".join(names[a] for a in arms) + " | "
+             + " | ".join(f"label-free − {float(t.split('@')[1]):.0%} labeled" for t in profile.scarce_trainings)
+             + " |", "|---|---|" + "---|" * (len(arms) + len(profile.scarce_trainings))]
+    for score in (DENSE, *profile.scarce_scores):
+        for sparsity in ((0.0,) if score == DENSE else profile.sparsities):
+            cells = [cell(summary, f"{score}|{arm}|{sparsity:g}") for arm in arms]
+            cells += [difference_cell(store, score, "guided", t, sparsity) for t in profile.scarce_trainings]
+            lines.append(f"| {score} | {sparsity:g} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def rank_report(profile: Profile, summary: dict[str, Any]) -> list[str]:
+    """Under guided training: where the LNPT scores rank, and whether they are within one standard
+    error (over seeds) of the best score's mean."""
+    ours = [s for s in ("lnpt", "lnpt-progressive") if s in profile.scores]
+    lines = ["Under guided training, the rank of the LNPT scores among the scores (1 = best mean accuracy) "
+             "and whether each is within one standard error of the best:", "",
+             "| sparsity | " + " | ".join(ours) + " | best score | best accuracy (%) |",
+             "|---|" + "---|" * (len(ours) + 2)]
+    for s in profile.sparsities:
+        found = {score: summary[f"{score}|guided|{s:g}"] for score in profile.scores
+                 if f"{score}|guided|{s:g}" in summary}
+        if not found:
+            continue
+        ranked = sorted(found, key=lambda k: found[k]["mean"], reverse=True)
+        best = found[ranked[0]]
+        error = best["std"] / math.sqrt(best["n"])
+        cells = [("–" if score not in found else f"{ranked.index(score) + 1} of {len(ranked)}"
+                  + (" (within 1 SE)" if best["mean"] - found[score]["mean"] <= error else "")) for score in ours]
+        lines.append(f"| {s:g} | " + " | ".join(cells) + f" | {ranked[0]} | {100 * best['mean']:.2f} |")
+    return lines
+
+
+PREDICTORS = {"learning_gap": "final learning gap to the teacher (mse, test images)",
+              "cka_gap": "1 − linear CKA to the teacher (test images)",
+              "distance_to_init": "‖θ − θ0‖", "distance_to_teacher": "‖θ − θ_T‖ (same architecture only)"}
+
+
+def correlation_report(store: dict[str, Any]) -> list[str]:
+    """Claim 1 across runs: Spearman's rho of each predictor with test accuracy over all pruned students."""
+    from lnpt.lab.paper.correlation import across_runs
+
+    pruned = [r for r in store["runs"].values() if r["score"] not in (DENSE,) and "channel_ratio" not in r
+              and not r.get("diverged")]
+    found = across_runs(pruned, tuple(PREDICTORS), target="accuracy")
+    lines = ["Claim 1 across runs: Spearman's rank correlation with test accuracy over all finished pruned "
+             "students (every score, sparsity, arm and seed), with a 95 % bootstrap interval. The claim holds "
+             "when the learning gap correlates negatively and more strongly than the weight distances.", "",
+             "| predictor | rho | 95 % interval | runs |", "|---|---|---|---|"]
+    for name, text in PREDICTORS.items():
+        r = found[name]
+        if r["rho"] is None:
+            lines.append(f"| {text} | – | – | {r['runs']} |")
+        else:
+            lines.append(f"| {text} | {r['rho']:+.3f} | [{r['interval'][0]:+.3f}, {r['interval'][1]:+.3f}] | "
+                         f"{r['runs']} |")
+    return lines
 
 
 def channel_report(store: dict[str, Any], profile: Profile, summary: dict[str, Any]) -> list[str]:

@@ -1,0 +1,83 @@
+"""`lnpt analyze objective` on the tiny profile (real Fashion-MNIST, a briefly trained real teacher):
+every stage runs from the best so far, the validation split is class-balanced and disjoint from the
+training images, a re-run trains nothing, and the winners are the best finished candidates."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lnpt.shared.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    from lnpt.cloud.teacher_training import train_teacher
+    from lnpt.shared.config import load_config
+
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    config = load_config(None, ["teacher.model=lenet5", "teacher.epochs=1", "teacher.train_samples=1024",
+                                "teacher.test_samples=256"])
+    train_teacher(config, str(path), device="cpu")
+    return path
+
+
+def study(capsys, out, teacher, arms):
+    code = main(["analyze", "objective", "--profile", "tiny", "--arms", arms, "--out", str(out),
+                 "--teacher", str(teacher), "--threads", "1", "--format", "json"])
+    captured = capsys.readouterr()
+    return code, (json.loads(captured.out) if code == 0 else None), captured.err
+
+
+def test_study_runs_every_stage_from_the_best_and_resumes(tmp_path, tiny_teacher, capsys):
+    from lnpt.lab.paper.objective_study import SPARSITIES
+
+    out = tmp_path / "study"
+    code, result, err = study(capsys, out, tiny_teacher, "guided,supervised@0.1")
+    assert code == 0, err
+    runs = result["runs"]
+    guided = [r for r in runs if r["arm"] == "guided"]
+    assert len({json.dumps(r["settings"], sort_keys=True) for r in guided}) == len(guided)  # none twice
+    terms = {(r["settings"]["objective"]["lambda_gap"], r["settings"]["objective"]["lambda_kd"]) for r in guided}
+    assert terms >= {(1.0, 1.0), (0.0, 1.0), (1.0, 0.0)}
+    chosen = result["chosen"]
+    assert set(chosen) == {"guided", "supervised@0.1"}
+    # The gap's kind and projector are studied exactly when the chosen terms keep the gap.
+    projectors = {r["settings"]["objective"]["projector"] for r in guided}
+    assert projectors == ({"learned", "fixed"} if chosen["guided"]["objective"]["lambda_gap"] else {"learned"})
+    for record in runs:
+        assert set(record["validation_accuracy"]) == {f"{s:g}" for s in SPARSITIES}
+        assert 0.0 <= record["mean"] <= 1.0
+    # The last stage (epochs) compares the profile's own epochs (1) with 5 and 10 at the chosen rest;
+    # the winner is the best of them.
+    last = [r for r in guided if {**r["settings"], "epochs": 0} == {**chosen["guided"], "epochs": 0}
+            and r["settings"]["epochs"] in (1, 5, 10)]
+    assert {r["settings"]["epochs"] for r in last} == {1, 5, 10}
+    assert next(r for r in last if r["settings"] == chosen["guided"])["mean"] == max(r["mean"] for r in last)
+    scarce = [r for r in runs if r["arm"] == "supervised@0.1"]
+    assert {r["settings"]["epochs"] for r in scarce} == {1, 5}
+    assert "objective" not in chosen["supervised@0.1"]
+    table = (out / "study.md").read_text()
+    assert "| guided | terms |" in table and "| supervised@0.1 | length |" in table and "**" in table
+    # Resume: a second run trains nothing new and chooses the same.
+    code, again, err = study(capsys, out, tiny_teacher, "guided,supervised@0.1")
+    assert code == 0 and again["chosen"] == chosen and len(again["runs"]) == len(runs)
+    assert "validation" not in err.replace("validation images", "")  # no candidate line: nothing trained
+
+
+def test_validation_split_is_balanced_and_disjoint():
+    from lnpt.lab.paper.experiment import labeled_subset
+    from lnpt.shared.data import load_fashion_mnist
+
+    _, labels = load_fashion_mnist(True)
+    held_out = labeled_subset(labels, 0.1, seed=0)
+    counts = torch.bincount(labels[held_out], minlength=10)
+    assert counts.tolist() == [600] * 10 and len(set(held_out.tolist())) == 6000
+    assert torch.equal(held_out, labeled_subset(labels, 0.1, seed=0))
+    assert not torch.equal(held_out, labeled_subset(labels, 0.1, seed=1))
+
+
+def test_bad_arm_is_named(tmp_path, tiny_teacher, capsys):
+    code, _, err = study(capsys, tmp_path / "s", tiny_teacher, "guided,oracle")
+    assert code == 2 and "oracle" in err
