@@ -38,7 +38,7 @@ def test_study_runs_every_stage_from_the_best_and_resumes(tmp_path, tiny_teacher
     assert code == 0, err
     runs = result["runs"]
     guided = [r for r in runs if r["arm"] == "guided"]
-    assert len({json.dumps(r["settings"], sort_keys=True) for r in guided}) == len(guided)  # none twice
+    assert len({(r["rounds"], json.dumps(r["settings"], sort_keys=True)) for r in guided}) == len(guided)
     terms = {(r["settings"]["objective"]["lambda_gap"], r["settings"]["objective"]["lambda_kd"]) for r in guided}
     assert terms >= {(1.0, 1.0), (0.0, 1.0), (1.0, 0.0)}
     chosen = result["chosen"]
@@ -51,15 +51,21 @@ def test_study_runs_every_stage_from_the_best_and_resumes(tmp_path, tiny_teacher
         assert 0.0 <= record["mean"] <= 1.0
     # The last stage (epochs) compares the profile's own epochs (1) with 5 and 10 at the chosen rest;
     # the winner is the best of them.
-    last = [r for r in guided if {**r["settings"], "epochs": 0} == {**chosen["guided"], "epochs": 0}
+    last = [r for r in guided if {**r["settings"], "epochs": 0} == {**chosen["guided"], "epochs": 0} and not r["rounds"]
             and r["settings"]["epochs"] in (1, 5, 10)]
     assert {r["settings"]["epochs"] for r in last} == {1, 5, 10}
     assert next(r for r in last if r["settings"] == chosen["guided"])["mean"] == max(r["mean"] for r in last)
+    # The progressive score's rounds, at the guided winner, against one-shot LNPT (1 round).
+    rounds = {r["rounds"]: r for r in guided if r["rounds"]}
+    assert set(rounds) == {3, 10, 30} and all(r["settings"] == chosen["guided"] for r in rounds.values())
+    one_shot = next(r for r in guided if r["settings"] == chosen["guided"] and r["rounds"] is None)
+    means = {1: one_shot["mean"], **{k: r["mean"] for k, r in rounds.items()}}
+    assert means[result["progressive_rounds"]] == max(means.values())
     scarce = [r for r in runs if r["arm"] == "supervised@0.1"]
     assert {r["settings"]["epochs"] for r in scarce} == {1, 5}
     assert "objective" not in chosen["supervised@0.1"]
     table = (out / "study.md").read_text()
-    assert "| guided | terms |" in table and "| supervised@0.1 | length |" in table and "**" in table
+    assert "| guided | terms |" in table and "| 30 |" in table and "| supervised@0.1 | length |" in table and "**" in table
     # Resume: a second run trains nothing new and chooses the same.
     code, again, err = study(capsys, out, tiny_teacher, "guided,supervised@0.1")
     assert code == 0 and again["chosen"] == chosen and len(again["runs"]) == len(runs)

@@ -477,17 +477,21 @@ def fresh_student(profile: Profile, spec, seed: int):
     return build_model(profile.student, len(FASHION_MNIST_CLASSES), spec)
 
 
-def prune(profile: Profile, student, score: str, sparsity: float, seed: int, teacher, train_x, train_y, spec):
+def prune(profile: Profile, student, score: str, sparsity: float, seed: int, teacher, train_x, train_y, spec,
+          rounds: int | None = None):
     """Masks of `score` at `sparsity` on the seeded student, scored with `prune_samples` training images:
-    lnpt sees the teacher's targets, snip/grasp the labels, the rest no data."""
+    the LNPT scores see the teacher's targets through the guided arm's objective (the one the student is
+    trained with), snip/grasp the labels, the rest no data. `rounds`: lnpt-progressive's (default: prune's)."""
     from lnpt.edge.pruning.pipeline import (build_objective, make_batches, pick_samples, prune_student,
                                             resolve_objective)
     from lnpt.edge.student import current_masks
-    from lnpt.shared.config import ObjectiveConfig, PruneConfig
+    from lnpt.shared.config import PruneConfig
 
     config = PruneConfig(score=score, sparsity=sparsity, seed=seed)
+    if rounds is not None:
+        config = replace(config, progressive_rounds=rounds)
     kind = resolve_objective(score, "auto", structured=False)
-    objective = build_objective(kind, ObjectiveConfig(), student.feature_dim, teacher.feature_dim)
+    objective = build_objective(kind, arm_settings(profile, "guided")[1], student.feature_dim, teacher.feature_dim)
     batches = []
     if kind is not None:
         chosen = pick_samples(len(train_x), profile.prune_samples, seed)
@@ -507,11 +511,12 @@ def prune_structured(profile: Profile, student, importance: str, ratio: float, s
     from lnpt.edge.onnx.latency import LatencySettings, model_onnx, side_by_side
     from lnpt.edge.pruning.pipeline import make_batches, pick_samples
     from lnpt.edge.pruning.structured import count_macs_and_params, prune_channels
-    from lnpt.shared.objectives import guided_objective
+    from lnpt.shared.objectives import objective_from_config
 
     objective, batches = None, []
     if importance == "lnpt":
-        objective = guided_objective(student_dim=student.feature_dim, teacher_dim=teacher.feature_dim)
+        # the objective the student is trained with
+        objective = objective_from_config(arm_settings(profile, "guided")[1], student.feature_dim, teacher.feature_dim)
         batches = make_batches(train_x[pick_samples(len(train_x), profile.prune_samples, seed)], spec, 64, teacher)
     started = time.perf_counter()
     info = prune_channels(student, ratio, objective, batches, torch.zeros(1, *spec.shape),

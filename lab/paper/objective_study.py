@@ -10,6 +10,7 @@ score is its mean validation accuracy over the study sparsities):
               4 learning rate {2e-3, 5e-3, 1e-2}        5 epochs {5, 10}
   supervised  learning rate, then epochs (the same candidates)
   supervised@F (label-scarce) learning rate, then length: as many steps as 1 or 5 epochs on all images
+  rounds      the lnpt-progressive score's rounds {3, 10, 30} vs one-shot LNPT, at the guided winner
 Every finished candidate is appended to OUT/study.json (atomic writes, under a file lock: two processes
 with different --arms share one study), so an interrupted study continues where it stopped. The winners
 are written to OUT/study.md and printed as the profile's `arms` setting.
@@ -33,6 +34,7 @@ VALIDATION_FRACTION = 0.1
 LEARNING_RATES = (2e-3, 5e-3, 1e-2)
 EPOCHS = (5, 10)
 SCARCE_LENGTHS = (1, 5)  # full-set epochs worth of steps
+PROGRESSIVE_ROUNDS = (3, 10, 30)  # lnpt-progressive's rounds, against one-shot LNPT (1 round)
 
 Settings = dict  # one Profile.arms entry: {"lr", "epochs", "objective": {ObjectiveConfig keys}}
 Stage = tuple[str, Callable[[Settings], list[Settings]]]
@@ -153,17 +155,22 @@ def run_study(profile, arms: tuple[str, ...], out: Path, teacher_path: Path | No
             raise ex.ExperimentError(f"{store_path} was made with a different recipe; use another --out")
         ex.write_json(store_path, store)
 
-    def evaluate(arm: str, settings: Settings) -> dict[str, Any]:
-        key = candidate_key(arm, settings)
+    def evaluate(arm: str, settings: Settings, rounds: int | None = None) -> dict[str, Any]:
+        """Validation accuracy of `arm` trained with `settings` on the LNPT masks (one-shot, or
+        lnpt-progressive over `rounds` rounds scored with the settings' objective)."""
+        key = candidate_key(arm if rounds is None else f"{arm}|rounds {rounds}", settings)
         nonlocal store
         if key in store["runs"]:
             return store["runs"][key]
         started = time.perf_counter()
         accuracies = {}
+        studied = replace(profile, arms={arm: settings})
         for sparsity in SPARSITIES:
             student = fresh_student(profile, spec, 0)
-            apply_masks(student, masks[sparsity])
-            arm_recipe, objective_settings = arm_settings(replace(profile, arms={arm: settings}), arm)
+            apply_masks(student, masks[sparsity] if rounds is None else
+                        prune(studied, fresh_student(profile, spec, 0), "lnpt-progressive", sparsity, 0, teacher,
+                              train_x, train_y, spec, rounds=rounds)[0])
+            arm_recipe, objective_settings = arm_settings(studied, arm)
             objective = ex.objective_for(arm, student.feature_dim, teacher.feature_dim, objective_settings)
             images, targets = train_x, ex.targets_for(arm, guidance, train_y)
             fraction = ex.label_fraction(arm)
@@ -176,7 +183,7 @@ def run_study(profile, arms: tuple[str, ...], out: Path, teacher_path: Path | No
                 accuracies[f"{sparsity:g}"] = ex.measure(student, spec, val_x, val_y)["accuracy"]
             except ex.ExperimentError:  # diverged: the candidate loses
                 accuracies[f"{sparsity:g}"] = 0.0
-        record = {"arm": arm, "settings": settings, "validation_accuracy": accuracies,
+        record = {"arm": arm, "settings": settings, "rounds": rounds, "validation_accuracy": accuracies,
                   "mean": sum(accuracies.values()) / len(accuracies), "seconds": time.perf_counter() - started}
         with locked(store_path):
             store = merged_store(store_path, store)
@@ -192,11 +199,15 @@ def run_study(profile, arms: tuple[str, ...], out: Path, teacher_path: Path | No
             if tried:
                 best = winner(tried, best)
             log(f"{arm}: after '{stage}': {describe_settings(best)}")
+        if arm == "guided":  # the progressive score's rounds, at the guided arm's chosen settings
+            for rounds in PROGRESSIVE_ROUNDS:
+                evaluate(arm, best, rounds)
     with locked(store_path):
         store = merged_store(store_path, store)
     markdown = study_report(store, profile)
     ex.write_text(out / "study.md", markdown)
     return {"out": str(out), "recipe": store["recipe"], "chosen": chosen(store, profile),
+            "progressive_rounds": chosen_rounds(store, profile),
             "runs": list(store["runs"].values()), "markdown": markdown}
 
 
@@ -227,6 +238,24 @@ def chosen(store: dict[str, Any], profile) -> dict[str, Settings]:
     return result
 
 
+def rounds_results(store: dict[str, Any], profile) -> list[tuple[int, dict]]:
+    """(rounds, record) of the progressive score at the guided arm's chosen settings; 1 = one-shot LNPT."""
+    best = chosen(store, profile).get("guided")
+    if best is None:
+        return []
+    found = [(1, store["runs"].get(candidate_key("guided", best)))]
+    found += [(r, store["runs"].get(candidate_key(f"guided|rounds {r}", best))) for r in PROGRESSIVE_ROUNDS]
+    return [(r, record) for r, record in found if record is not None]
+
+
+def chosen_rounds(store: dict[str, Any], profile) -> int | None:
+    """The best number of rounds (ties: the fewest, the cheapest), once all have run."""
+    found = rounds_results(store, profile)
+    if len(found) < 1 + len(PROGRESSIVE_ROUNDS):
+        return None
+    return max(found, key=lambda pair: (pair[1]["mean"], -pair[0]))[0]
+
+
 def study_report(store: dict[str, Any], profile) -> str:
     recipe = store["recipe"]
     lines = ["### Objective and training study (validation split, never the test set)", "",
@@ -245,6 +274,16 @@ def study_report(store: dict[str, Any], profile) -> str:
                 cells = [f"{100 * record['validation_accuracy'][f'{float(s):g}']:.2f}" for s in recipe["sparsities"]]
                 lines.append(f"| {arm} | {stage} | {mark}{describe_settings(record['settings'])}{mark} | "
                              + " | ".join(cells) + f" | {mark}{100 * record['mean']:.2f}{mark} |")
+    found = rounds_results(store, profile)
+    if found:
+        lines += ["", "Rounds of the lnpt-progressive score (exponential schedule) at the guided arm's chosen "
+                  "settings; 1 round = one-shot LNPT:", "",
+                  "| rounds | " + " | ".join(f"{float(s):.0%}" for s in recipe["sparsities"]) + " | mean |",
+                  "|---|" + "---|" * (len(recipe["sparsities"]) + 1)]
+        for rounds, record in found:
+            cells = [f"{100 * record['validation_accuracy'][f'{float(s):g}']:.2f}" for s in recipe["sparsities"]]
+            lines.append(f"| {rounds} | " + " | ".join(cells) + f" | {100 * record['mean']:.2f} |")
+        lines += ["", f"Chosen rounds: {chosen_rounds(store, profile) or 'not all run yet'}."]
     lines += ["", "Chosen (the standard profile's `arms`):", "", "```python",
               json.dumps(winners, indent=1, sort_keys=True), "```"]
     return "\n".join(lines) + "\n"
