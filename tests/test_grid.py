@@ -163,3 +163,30 @@ def test_label_free_arm_gets_no_labels():
     # Cross-entropy cannot run on what the label-free arm is given.
     with pytest.raises(ObjectiveError):
         objective_for("supervised", 8, 8).loss(torch.randn(4, 8), torch.randn(4, 10), guided)
+
+
+def test_grid_runs_on_your_own_labeled_folders(tmp_path, fashion_test, capsys):
+    """Class sub-folders (sorted names, not Fashion-MNIST's order) for training and test, a teacher
+    trained on them: the grid's teacher accuracy is the one `lnpt teacher eval --data` reports."""
+    from lnpt.cloud.teacher_training import evaluate_checkpoint
+    from lnpt.shared.data import FASHION_MNIST_CLASSES, write_image_folder
+
+    images, labels = fashion_test
+    write_image_folder(images[:300], tmp_path / "train", labels[:300].tolist(), FASHION_MNIST_CLASSES)
+    write_image_folder(images[300:400], tmp_path / "test", labels[300:400].tolist(), FASHION_MNIST_CLASSES)
+    teacher = tmp_path / "T.pt"
+    assert main(["teacher", "train", "--model", "lenet5", "--epochs", "2", "--batch-size", "32", "--data",
+                 str(tmp_path / "train"), "--val-fraction", "0.2", "--workers", "0", "--out", str(teacher),
+                 "--format", "json"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "grid"
+    code, result, err = grid(capsys, out, teacher, "--data", str(tmp_path / "train"), "--test-data",
+                             str(tmp_path / "test"), "--scores", "lnpt", "--channel-ratios", "0")
+    assert code == 0, err
+    assert len(result["runs"]) == 6 and all(0 <= r["accuracy"] <= 1 for r in result["runs"])
+    assert result["recipe"]["data"] == str(tmp_path / "train")
+    expected = evaluate_checkpoint(str(teacher), data=str(tmp_path / "test"))["test_accuracy"]
+    assert result["teacher"]["test_accuracy"] == pytest.approx(expected)
+    assert f"held-out images of {tmp_path / 'test'}" in result["markdown"]
+    code, _, err = grid(capsys, tmp_path / "g2", teacher, "--data", str(tmp_path / "train"))
+    assert code == 2 and "--test-data" in err

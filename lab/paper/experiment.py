@@ -88,6 +88,29 @@ def fashion_split(train_samples: int, test_samples: int, seed: int = 0):
     return train_x, train_y, test_x, test_y
 
 
+def load_split(teacher, train_samples: int, test_samples: int, data: str | Path | None = None,
+               test_data: str | Path | None = None, seed: int = 0):
+    """(train images, train labels, test images, test labels) as uint8 at the teacher's input size.
+    Fashion-MNIST by default; or the user's labeled folders or CSV files (`data` for training, `test_data`
+    held out), decoded with the teacher's own preprocessing and labeled in its class order. A seeded subset
+    of `train_samples` training images (0 = all) and the first `test_samples` test images (0 = all)."""
+    if data is None and test_data is None:
+        return fashion_split(train_samples, test_samples, seed)
+    if data is None or test_data is None:
+        raise ExperimentError("own data needs both a training set (--data) and a held-out test set (--test-data)")
+    from lnpt.edge.evaluation import labeled_folder
+
+    record = teacher.record
+    train_x, train_y = labeled_folder(data, record.preprocess, record.class_names)
+    test_x, test_y = labeled_folder(test_data, record.preprocess, record.class_names)
+    if train_samples and train_samples < len(train_x):
+        chosen = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))[:train_samples]
+        train_x, train_y = train_x[chosen], train_y[chosen]
+    if test_samples:
+        test_x, test_y = test_x[:test_samples], test_y[:test_samples]
+    return train_x, train_y, test_x, test_y
+
+
 def ensure_teacher(path: Path, arch: str, train_samples: int, epochs: int, device: str | None,
                    seed: int = 0) -> dict[str, Any] | None:
     """Train a mature teacher into `path` with the cloud's recipe unless the file exists.

@@ -136,6 +136,9 @@ def register(actions: argparse._SubParsersAction, deprecated_alias: bool = False
     parser.add_argument("--seeds", type=int, help="number of seeds 0..N-1 (default: the profile's)")
     parser.add_argument("--epochs", type=int, help="student epochs (default: the profile's)")
     parser.add_argument("--train-samples", type=int, help="student training images (default: the profile's)")
+    parser.add_argument("--data", help="your labeled training images (class sub-folders or a .csv of path,label) "
+                                       "instead of Fashion-MNIST; needs --test-data and --teacher")
+    parser.add_argument("--test-data", help="your held-out labeled test images (folder or .csv)")
     parser.add_argument("--shard", default="0/1", help="K/N: train only the K-th of N interleaved parts; run N "
                                                        "processes with the same --out (e.g. 0/2 and 1/2, one "
                                                        "thread each) to use N cores (default 0/1: all)")
@@ -215,7 +218,8 @@ def run(args: argparse.Namespace) -> int:
     profile = profile_from_args(args)
     out = Path(args.out or f"results/grid-{profile.name}")
     result = run_grid(profile, out, teacher_path=Path(args.teacher) if args.teacher else None, fresh=args.fresh,
-                      shard=parse_shard(args.shard))
+                      shard=parse_shard(args.shard), data=Path(args.data) if args.data else None,
+                      test_data=Path(args.test_data) if args.test_data else None)
     written = [out / name for name in ("grid.json", "grid.md", "grid.png")] + (
         [out / "grid-latency.png"] if profile.channel_ratios else [])
     emit(args, result, f"{result['markdown']}\nwrote {', '.join(map(str, written))}")
@@ -264,6 +268,13 @@ def arm_settings(profile: Profile, training: str) -> tuple[Any, Any]:
     return recipe, objective
 
 
+def data_name(store: dict[str, Any], profile: Profile) -> str:
+    test = store["recipe"].get("test_data", "fashion-mnist")
+    if test == "fashion-mnist":
+        return f"{profile.test_samples or 10000} Fashion-MNIST test images"
+    return f"the held-out images of {test}"
+
+
 def arm_dict(profile: Profile, training: str) -> dict[str, Any]:
     """An arm's settings written out in full: {"lr", "epochs", "objective" (guided only)}."""
     recipe, objective = arm_settings(profile, training)
@@ -287,6 +298,9 @@ def describe_settings(settings: dict[str, Any]) -> str:
     return text
 
 
+RECIPE_DEFAULTS = {"arms": {}, "data": "fashion-mnist", "test_data": "fashion-mnist"}
+
+
 def load_store(path: Path, recipe: dict[str, Any], fresh: bool) -> dict[str, Any]:
     import json
 
@@ -296,7 +310,7 @@ def load_store(path: Path, recipe: dict[str, Any], fresh: bool) -> dict[str, Any
         return {"recipe": recipe, "references": {}, "runs": {}}
     try:
         store = json.loads(path.read_text())
-        stored = store["recipe"]
+        stored = {**RECIPE_DEFAULTS, **store["recipe"]}  # keys added since that grid ran, at their defaults
         store["runs"], store["references"]  # noqa: B018 - both must be there
     except (ValueError, KeyError, TypeError) as exc:
         raise ExperimentError(f"{path} is not a grid result file ({exc}); move it away or pass --fresh") from None
@@ -308,11 +322,13 @@ def load_store(path: Path, recipe: dict[str, Any], fresh: bool) -> dict[str, Any
 
 
 def run_grid(profile: Profile, out: Path, teacher_path: Path | None = None, fresh: bool = False,
-             progress: bool = True, shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
+             progress: bool = True, shard: tuple[int, int] = (0, 1), data: Path | None = None,
+             test_data: Path | None = None) -> dict[str, Any]:
     """Run (or continue) the grid of `profile` into OUT/grid.json and write OUT/grid.md and the plots.
     `shard=(k, n)`: this process trains only the k-th of n interleaved parts (whole seeds x scores x
     sparsities, so both arms of one mask stay together); n processes with the same OUT share the store
-    under a file lock, and each writes the reports from all runs finished so far."""
+    under a file lock, and each writes the reports from all runs finished so far. `data`, `test_data`:
+    the user's labeled folders or CSV files instead of Fashion-MNIST (with a teacher trained on them)."""
     import sys
 
     import torch
@@ -333,18 +349,25 @@ def run_grid(profile: Profile, out: Path, teacher_path: Path | None = None, fres
                                  f"train it with the recipe in {kept.parent / 'README.md'}, or pass --teacher")
     if not teacher_path.is_file() and teacher_path != out / "teacher.pt":
         raise ex.ExperimentError(f"teacher file {teacher_path} does not exist; omit --teacher to train one")
+    if data is not None and not teacher_path.is_file():
+        raise ex.ExperimentError("a grid on your own data needs --teacher: a teacher trained on it "
+                                 "(`lnpt teacher train --data DIR`)")
     trained = ex.ensure_teacher(teacher_path, profile.teacher, profile.teacher_train_samples,
                                 profile.teacher_epochs, profile.device)
     teacher = LocalTeacher.load(teacher_path)
     spec = teacher.input_spec
-    train_x, train_y, test_x, test_y = ex.fashion_split(profile.train_samples, profile.test_samples)
+    train_x, train_y, test_x, test_y = ex.load_split(teacher.teacher, profile.train_samples, profile.test_samples,
+                                                     data, test_data)
+    classes = len(teacher.teacher.record.class_names)
     guidance = ex.teacher_targets(teacher, train_x)  # once: the label-free arm reads only these
     teacher_test = ex.teacher_targets(teacher, test_x)
 
     store_path = out / "grid.json"
     teacher_weights = ex.effective_weights(teacher.teacher.model)  # for ||theta - theta_T|| (same arch only)
     with locked(store_path):
-        store = load_store(store_path, recipe_of(profile, teacher.version), fresh and shard[0] == 0)
+        recipe = {**recipe_of(profile, teacher.version), "data": str(data or "fashion-mnist"),
+                  "test_data": str(test_data or "fashion-mnist")}
+        store = load_store(store_path, recipe, fresh and shard[0] == 0)
         store["profile"] = {**asdict(profile), "name": profile.name}
         store["teacher"] = {"path": str(teacher_path), "arch": teacher.arch, "version": teacher.version,
                             "test_accuracy": top1(teacher_test.logits, test_y),
@@ -361,14 +384,14 @@ def run_grid(profile: Profile, out: Path, teacher_path: Path | None = None, fres
     for score, training, sparsity, seed in pending:
         bar.set_postfix_str(f"{score} {training} {sparsity:g} seed {seed}")
         started = time.perf_counter()
-        student = fresh_student(profile, spec, seed)
+        student = fresh_student(profile, spec, seed, classes)
         prune_info: dict[str, Any] = {}
         if score.startswith(CHANNELS):
             key = (score, sparsity, seed)
             if key not in masks_cache:  # both arms train the same channel-pruned student
                 masks_cache.clear()
                 masks_cache[key] = prune_structured(profile, student, score[len(CHANNELS):], sparsity, seed,
-                                                    teacher, train_x, spec, speeds)
+                                                    teacher, train_x, spec, speeds, classes)
             pruned, prune_info = masks_cache[key]
             student = copy.deepcopy(pruned)
         elif score != DENSE:
@@ -466,15 +489,14 @@ def in_shard(run: tuple[str, str, float, int], plan: list[tuple[str, str, float,
     return groups.index((run[0], run[2], run[3])) % shard[1] == shard[0]
 
 
-def fresh_student(profile: Profile, spec, seed: int):
+def fresh_student(profile: Profile, spec, seed: int, classes: int = 10):
     """The seed alone decides the initial weights: every score and both arms start from them."""
     import torch
 
-    from lnpt.shared.data import FASHION_MNIST_CLASSES
     from lnpt.shared.models import build_model
 
     torch.manual_seed(seed)
-    return build_model(profile.student, len(FASHION_MNIST_CLASSES), spec)
+    return build_model(profile.student, classes, spec)
 
 
 def prune(profile: Profile, student, score: str, sparsity: float, seed: int, teacher, train_x, train_y, spec,
@@ -502,7 +524,7 @@ def prune(profile: Profile, student, score: str, sparsity: float, seed: int, tea
 
 
 def prune_structured(profile: Profile, student, importance: str, ratio: float, seed: int, teacher, train_x, spec,
-                     speeds: dict) -> tuple[Any, dict[str, Any]]:
+                     speeds: dict, classes: int = 10) -> tuple[Any, dict[str, Any]]:
     """The seeded student with `ratio` of its channels removed by `importance` (lnpt: group Taylor of
     the learning gap + KD on the teacher's targets for `prune_samples` images; magnitude, random: no
     data), and the speed that buys: MACs, params and ORT latency (batch 1, 1 thread) over dense."""
@@ -524,7 +546,7 @@ def prune_structured(profile: Profile, student, importance: str, ratio: float, s
     seconds = time.perf_counter() - started
     student.eval()
     if "dense" not in speeds:
-        speeds["dense"] = model_onnx(fresh_student(profile, spec, 0).eval(), spec)
+        speeds["dense"] = model_onnx(fresh_student(profile, spec, 0, classes).eval(), spec)
     if ratio not in speeds:  # the widths, not the weights, decide the speed: once per ratio
         timed = side_by_side({"dense": speeds["dense"], "pruned": model_onnx(student, spec)}, spec.shape,
                              LatencySettings(threads=1, batch=1), rounds=3)
@@ -583,7 +605,7 @@ def markdown_report(store: dict[str, Any], profile: Profile) -> str:
     summary = summarise(store, profile)
     seeds = len(profile.seeds)
     lines = [f"### Accuracy grid, profile `{profile.name}`", "",
-             f"Test accuracy (%) on {profile.test_samples or 10000} Fashion-MNIST test images, mean ± std over "
+             f"Test accuracy (%) on {data_name(store, profile)}, mean ± std over "
              f"{seeds} seed(s) (n = runs finished). Student {profile.student}, teacher {profile.teacher} "
              f"({100 * store['teacher']['test_accuracy']:.2f} %), {profile.train_samples or 'all'} training "
              f"images, prune samples {profile.prune_samples}, {profile.optimizer}, cosine schedule; per arm: "

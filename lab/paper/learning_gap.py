@@ -47,6 +47,9 @@ def register(actions: argparse._SubParsersAction) -> None:
     parser.add_argument("--lr", type=float, help="SGD learning rate (default 0.05 supervised, 0.01 guided)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the network's initialisation and data "
                                                             "order (default 1; teachers trained here use 0)")
+    parser.add_argument("--data", help="your labeled training images (class sub-folders or a .csv of path,label) "
+                                       "instead of Fashion-MNIST; needs --test-data and --teacher")
+    parser.add_argument("--test-data", help="your held-out labeled test images (folder or .csv)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default 0 = torch's choice)")
     parser.add_argument("--out", default="results/learning-gap", help="output folder (default results/learning-gap)")
@@ -71,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
         out=Path(args.out), teacher_path=Path(args.teacher) if args.teacher else None,
         teacher_arch=args.teacher_arch, teacher_epochs=args.teacher_epochs, teacher_samples=args.teacher_samples,
         training=args.training, epochs=args.epochs, train_samples=args.train_samples,
-        test_samples=args.test_samples, lr=args.lr, seed=args.seed, device=args.device)
+        test_samples=args.test_samples, lr=args.lr, seed=args.seed, device=args.device,
+        data=Path(args.data) if args.data else None, test_data=Path(args.test_data) if args.test_data else None)
     emit(args, result, report_text(result))
     return 0
 
@@ -85,17 +89,19 @@ def flat_parameters(model) -> "torch.Tensor":  # noqa: F821 - torch is imported 
 def learning_gap_experiment(out: Path, teacher_path: Path | None, *, teacher_arch: str = "lenet5",
                             teacher_epochs: int = 3, teacher_samples: int = 20000, training: str = "supervised",
                             epochs: int = 10, train_samples: int = 10000, test_samples: int = 0,
-                            lr: float | None = None, seed: int = 1, device: str = "cpu") -> dict[str, Any]:
+                            lr: float | None = None, seed: int = 1, device: str = "cpu",
+                            data: Path | None = None, test_data: Path | None = None) -> dict[str, Any]:
     import torch
 
     from lnpt.lab.paper import experiment as ex
-    from lnpt.shared.data import FASHION_MNIST_CLASSES
     from lnpt.shared.inference import top1
     from lnpt.shared.teacher_model import Teacher
     from lnpt.shared.models import build_model
 
     out.mkdir(parents=True, exist_ok=True)
     trained = None
+    if data is not None and teacher_path is None:
+        raise ex.ExperimentError("an analysis on your own data needs --teacher: a teacher trained on it")
     if teacher_path is None:
         teacher_path = out / "teacher.pt"
         trained = ex.ensure_teacher(teacher_path, teacher_arch, teacher_samples, teacher_epochs, device)
@@ -103,12 +109,12 @@ def learning_gap_experiment(out: Path, teacher_path: Path | None, *, teacher_arc
         raise ex.ExperimentError(f"teacher file {teacher_path} does not exist; omit --teacher to train one here")
     teacher = Teacher.load(str(teacher_path))
     spec = teacher.input_spec
-    train_x, train_y, test_x, test_y = ex.fashion_split(train_samples, test_samples)
+    train_x, train_y, test_x, test_y = ex.load_split(teacher, train_samples, test_samples, data, test_data)
     teacher_test = ex.teacher_targets(teacher, test_x)
     guidance = ex.teacher_targets(teacher, train_x) if training == "guided" else None
 
     torch.manual_seed(seed)
-    model = build_model(teacher.arch, len(FASHION_MNIST_CLASSES), spec).to(device)
+    model = build_model(teacher.arch, len(teacher.record.class_names), spec).to(device)
     theta_0 = flat_parameters(model)
     theta_teacher = flat_parameters(teacher.model)
     history: list[dict[str, Any]] = []

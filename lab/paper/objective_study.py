@@ -112,9 +112,10 @@ def base_settings(profile, arm: str) -> Settings:
 
 
 def run_study(profile, arms: tuple[str, ...], out: Path, teacher_path: Path | None = None,
-              progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+              data: Path | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run (or continue) the study of `arms` on `profile`'s student and teacher; returns the runs so far,
-    each arm's chosen settings and the Markdown report."""
+    each arm's chosen settings and the Markdown report. `data`: the user's labeled training images
+    (folder or .csv) instead of Fashion-MNIST's training set."""
     import torch
 
     from lnpt.edge.student import apply_masks
@@ -131,7 +132,13 @@ def run_study(profile, arms: tuple[str, ...], out: Path, teacher_path: Path | No
     out.mkdir(parents=True, exist_ok=True)
     teacher = LocalTeacher.load(teacher_path)
     spec = teacher.input_spec
-    all_x, all_y = load_fashion_mnist(True)  # the training set only: the test set is never read
+    if data is None:
+        all_x, all_y = load_fashion_mnist(True)  # the training set only: the test set is never read
+    else:
+        from lnpt.edge.evaluation import labeled_folder
+
+        all_x, all_y = labeled_folder(data, teacher.teacher.record.preprocess, teacher.teacher.record.class_names)
+    classes = len(teacher.teacher.record.class_names)
     if profile.train_samples:
         chosen_images = torch.randperm(len(all_x), generator=torch.Generator().manual_seed(0))[:profile.train_samples]
         all_x, all_y = all_x[chosen_images], all_y[chosen_images]
@@ -142,11 +149,12 @@ def run_study(profile, arms: tuple[str, ...], out: Path, teacher_path: Path | No
     log(f"study: {len(train_x)} training and {len(val_x)} validation images (seeded, class-balanced); "
         f"teacher {teacher.arch} {teacher.version}; arms {', '.join(arms)}")
     guidance = ex.teacher_targets(teacher, train_x)
-    masks = {s: prune(profile, fresh_student(profile, spec, 0), "lnpt", s, 0, teacher, train_x, train_y, spec)[0]
+    masks = {s: prune(profile, fresh_student(profile, spec, 0, classes), "lnpt", s, 0, teacher, train_x, train_y, spec)[0]
              for s in SPARSITIES}
 
     store_path = out / "study.json"
     recipe = {"profile": profile.name, "student": profile.student, "teacher_version": teacher.version,
+              "data": str(data or "fashion-mnist"),
               "sparsities": list(SPARSITIES), "validation_fraction": VALIDATION_FRACTION, "seed": 0,
               "train_images": len(train_x), "validation_images": len(val_x)}
     with locked(store_path):
@@ -166,9 +174,9 @@ def run_study(profile, arms: tuple[str, ...], out: Path, teacher_path: Path | No
         accuracies = {}
         studied = replace(profile, arms={arm: settings})
         for sparsity in SPARSITIES:
-            student = fresh_student(profile, spec, 0)
+            student = fresh_student(profile, spec, 0, classes)
             apply_masks(student, masks[sparsity] if rounds is None else
-                        prune(studied, fresh_student(profile, spec, 0), "lnpt-progressive", sparsity, 0, teacher,
+                        prune(studied, fresh_student(profile, spec, 0, classes), "lnpt-progressive", sparsity, 0, teacher,
                               train_x, train_y, spec, rounds=rounds)[0])
             arm_recipe, objective_settings = arm_settings(studied, arm)
             objective = ex.objective_for(arm, student.feature_dim, teacher.feature_dim, objective_settings)
@@ -298,6 +306,8 @@ def register(actions: argparse._SubParsersAction) -> None:
     parser.add_argument("--arms", default="guided,supervised,supervised@0.01,supervised@0.1",
                         help="comma-separated arms to study (default: all four)")
     parser.add_argument("--teacher", help="teacher file (default: the profile's kept teacher)")
+    parser.add_argument("--data", help="your labeled training images (class sub-folders or a .csv of path,label) "
+                                       "instead of Fashion-MNIST's; needs --teacher trained on them")
     parser.add_argument("--out", default="docs/results/objective-study", help="output folder (default %(default)s)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default 0 = torch's choice)")
     add_format_option(parser)
@@ -315,6 +325,7 @@ def run(args: argparse.Namespace) -> int:
     for arm in arms:
         ex.label_fraction(arm)  # names a bad arm before any work
     result = run_study(PROFILES[args.profile], arms, Path(args.out),
-                       teacher_path=Path(args.teacher) if args.teacher else None)
+                       teacher_path=Path(args.teacher) if args.teacher else None,
+                       data=Path(args.data) if args.data else None)
     emit(args, result, f"{result['markdown']}\nwrote {Path(args.out) / 'study.json'}, {Path(args.out) / 'study.md'}")
     return 0
