@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from lnpt.cloud.metrics import name_native_thread
 from lnpt.shared.codec import encode_array
 from lnpt.shared.data import normalize
 from lnpt.shared.protocol import guidance_pb2 as pb
@@ -100,6 +101,7 @@ class DynamicBatcher:
     # --- the worker thread ---------------------------------------------------------------------
 
     def work(self) -> None:
+        name_native_thread("lnpt-teacher")
         while (batch := self.collect()) is not None:
             live = [p for p in batch if not p.future.done()]  # a cancelled stream no longer waits
             if live:

@@ -1,7 +1,10 @@
 """The `lnpt.v1.Guidance` service: request validation and the per-stream read/answer loop.
 
 Each StreamTargets call has a reader task (validate, queue into the shared batcher) and the handler
-itself, which answers requests strictly in arrival order. A malformed request ends only its own
+itself, which answers requests strictly in arrival order. The reader awaits gRPC's read directly
+(no task or wait set per request); a per-stream watchdog cuts a stream whose client sends nothing
+or reads nothing for server.stream_idle_seconds, and draining interrupts readers waiting for a
+request. A malformed request ends only its own
 stream: the answers for the requests before it are sent first, then the status with a message a
 person can act on. While the server drains, streams finish what they accepted and end UNAVAILABLE.
 Values a client sent are echoed shortened (`shorten`), so a status never outgrows gRPC's metadata
@@ -60,10 +63,20 @@ def invalid(message: str) -> RequestError:
     return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
-@dataclass
-class WriteWatch:
-    since: float | None = None  # when the response now being written was handed to gRPC
+@dataclass(eq=False)  # hashed by identity: the servicer keeps a set of them
+class StreamWatch:
+    """What a stream's watchdog and the drain look at; all on the event loop."""
+    reader: asyncio.Task | None = None
+    writing_since: float | None = None  # monotonic: when the response now being written was handed to gRPC
+    reading_since: float | None = None  # ... when the reader began waiting for the next request
+    stop: "RequestError | None" = None  # why the reader was cancelled while waiting (idle, drain)
     cut: bool = False  # the watchdog is ending this stream
+
+    def interrupt_read(self, reason: "RequestError") -> None:
+        """Stop the reader if it waits for a request (only then: a request it holds is never dropped)."""
+        if self.reading_since is not None and self.stop is None and self.reader is not None:
+            self.stop = reason
+            self.reader.cancel()
 
 
 @dataclass
@@ -177,22 +190,23 @@ class GuidanceServicer(guidance_pb2_grpc.GuidanceServicer):
         self.budget = InflightBudget(config.server.max_inflight_bytes, metrics.inflight_bytes)
         self.drained = asyncio.Event()  # set whenever no stream is open
         self.drained.set()
-        self.draining: asyncio.Future | None = None
+        self.draining = False
+        self.watches: set[StreamWatch] = set()  # one per open stream
 
     def ready(self, teacher: Teacher, batcher: DynamicBatcher) -> None:
         """Called on the event loop once the teacher is loaded."""
         self.teacher, self.batcher = teacher, batcher
-        self.draining = asyncio.get_running_loop().create_future()
 
     def start_draining(self) -> None:
-        if self.draining is None:  # never became ready
-            self.draining = asyncio.get_running_loop().create_future()
-        if not self.draining.done():
-            self.draining.set_result(None)
+        """Take no new requests: readers waiting for one end their stream UNAVAILABLE now, the others
+        after the request they hold (every accepted request is still answered)."""
+        self.draining = True
+        for watch in self.watches:
+            watch.interrupt_read(drain_error())
 
     @property
     def is_draining(self) -> bool:
-        return self.draining is not None and self.draining.done()
+        return self.draining
 
     async def fail(self, context, code: grpc.StatusCode, message: str):
         if len(message) > MAX_STATUS_CHARS:  # a last guard; echoed values are shortened already
@@ -251,9 +265,10 @@ class GuidanceServicer(guidance_pb2_grpc.GuidanceServicer):
         self.metrics.open_streams.inc()
         # Bounded: a client that sends faster than it reads waits (flow control) instead of filling memory.
         outbox: asyncio.Queue = asyncio.Queue(maxsize=self.config.server.stream_window)
-        reader = asyncio.create_task(self.read_requests(request_iterator, outbox))
-        writes = WriteWatch()
-        watchdog = asyncio.create_task(self.cut_unread_stream(writes, asyncio.current_task(), context))
+        watch = StreamWatch()
+        watch.reader = reader = asyncio.create_task(self.read_requests(request_iterator, outbox, watch))
+        self.watches.add(watch)
+        watchdog = asyncio.create_task(self.watch_stream(watch, asyncio.current_task(), context))
         try:
             while True:
                 item = await outbox.get()
@@ -273,14 +288,15 @@ class GuidanceServicer(guidance_pb2_grpc.GuidanceServicer):
                                     "(float input far outside the teacher's range overflowed); send uint8 pixels, or "
                                     "float input normalised with GetTeacherInfo.normalization")
                 self.metrics.samples.inc(answer.samples)
-                writes.since = time.monotonic()
+                watch.writing_since = time.monotonic()
                 written = time.perf_counter()
                 yield answer.response
                 self.metrics.stages.add(item.received, item.decoded, answer, written, time.perf_counter())
-                writes.since = None
+                watch.writing_since = None
         finally:
+            self.watches.discard(watch)
             reader.cancel()
-            if not writes.cut:
+            if not watch.cut:
                 watchdog.cancel()
             while not outbox.empty():  # answers nobody will read
                 item = outbox.get_nowait()
@@ -299,22 +315,28 @@ class GuidanceServicer(guidance_pb2_grpc.GuidanceServicer):
             if self.open_streams == 0:
                 self.drained.set()
 
-    async def cut_unread_stream(self, writes: "WriteWatch", handler: asyncio.Task, context) -> None:
-        """End a stream whose client stopped reading: flow control holds a response back longer than
-        server.stream_idle_seconds. Without this it would hold its slot (server.max_streams) forever."""
+    async def watch_stream(self, watch: StreamWatch, handler: asyncio.Task, context) -> None:
+        """Every stream_idle_seconds / 4 (at most 1 s): end a stream whose client sent no request for
+        server.stream_idle_seconds, or stopped reading (flow control holds a response back that long).
+        Without this either would hold its slot (server.max_streams) forever."""
         idle = self.config.server.stream_idle_seconds
         if not idle:
             return
         while True:
             await asyncio.sleep(min(idle / 4, 1.0))
-            if writes.since is not None and time.monotonic() - writes.since > idle:
+            now = time.monotonic()
+            if watch.reading_since is not None and now - watch.reading_since > idle:
+                watch.interrupt_read(RequestError(grpc.StatusCode.UNAVAILABLE,
+                                                  f"stream idle for {idle:g} s (server.stream_idle_seconds); "
+                                                  "open a new stream"))
+            if watch.writing_since is not None and now - watch.writing_since > idle:
                 message = (f"client read no response for {idle:g} s (server.stream_idle_seconds); "
                            "read the answers or close the stream")
                 self.metrics.errors.labels(code="UNAVAILABLE").inc()
                 log.info("ending call: UNAVAILABLE %s", message)
                 # The handler waits inside gRPC's write, and a status would queue behind that write:
                 # cancel the handler first (frees the write), then send the status.
-                writes.cut = True
+                watch.cut = True
                 handler.cancel()
                 try:
                     await context.abort(grpc.StatusCode.UNAVAILABLE, message)
@@ -322,15 +344,25 @@ class GuidanceServicer(guidance_pb2_grpc.GuidanceServicer):
                     pass
                 return
 
-    async def read_requests(self, request_iterator, outbox: asyncio.Queue) -> None:
+    async def read_requests(self, request_iterator, outbox: asyncio.Queue, watch: StreamWatch) -> None:
         """Validate and queue each request; ends with END or the RequestError that ends the stream."""
         requests = request_iterator.__aiter__()
         try:
             while True:
-                request = await self.next_request(requests)
-                if request is None:
+                if self.is_draining:
+                    raise drain_error()
+                watch.reading_since = time.monotonic()
+                try:
+                    request = await requests.__anext__()
+                except StopAsyncIteration:
                     await outbox.put(END)
                     return
+                except asyncio.CancelledError:
+                    if watch.stop is None:  # the stream itself ended
+                        raise
+                    raise watch.stop from None
+                finally:
+                    watch.reading_since = None
                 received = time.perf_counter()
                 self.metrics.requests.inc()
                 images, target_dtype = parse_request(request, self.teacher, self.config.batcher.max_request_batch)
@@ -356,27 +388,10 @@ class GuidanceServicer(guidance_pb2_grpc.GuidanceServicer):
             await outbox.put(invalid(f"could not read the next request ({type(exc).__name__}: {shorten(str(exc), 200)}); "
                                      "send lnpt.v1.TargetsRequest messages"))
 
-    async def next_request(self, requests) -> pb.TargetsRequest | None:
-        """The next request, None at the end of the stream; RequestError on drain or idle timeout."""
-        idle = self.config.server.stream_idle_seconds or None
-        receive = asyncio.ensure_future(requests.__anext__())
-        # When the stream is cancelled while a read is pending or just finished, nobody reads its outcome:
-        # mark it seen so asyncio does not log "Task exception was never retrieved" for every such stream.
-        receive.add_done_callback(lambda f: f.cancelled() or f.exception())
-        try:
-            done, _ = await asyncio.wait({receive, self.draining}, timeout=idle, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            receive.cancel()  # no-op once done
-        if receive in done:
-            try:
-                return receive.result()
-            except StopAsyncIteration:
-                return None
-        if self.is_draining:
-            raise RequestError(grpc.StatusCode.UNAVAILABLE,
-                               "server is shutting down; requests already sent were answered, send the rest to another replica")
-        raise RequestError(grpc.StatusCode.UNAVAILABLE,
-                           f"stream idle for {idle:g} s (server.stream_idle_seconds); open a new stream")
+
+def drain_error() -> RequestError:
+    return RequestError(grpc.StatusCode.UNAVAILABLE,
+                        "server is shutting down; requests already sent were answered, send the rest to another replica")
 
 
 def add_to_server(servicer: GuidanceServicer, server) -> None:
