@@ -275,6 +275,23 @@ def data_name(store: dict[str, Any], profile: Profile) -> str:
     return f"the held-out images of {test}"
 
 
+def arm_inputs(profile: Profile, training: str, student, teacher, train_x, train_y, guidance, seed: int):
+    """(objective, images, targets, recipe) that train `student` in arm `training`: the label-free arm
+    gets the teacher's targets only, a supervised arm the labels only; a label-scarce arm a seeded,
+    class-balanced share of the images with their labels, for as many steps as the arms on all images."""
+    from lnpt.lab.paper import experiment as ex
+
+    recipe, settings = arm_settings(profile, training)
+    objective = ex.objective_for(training, student.feature_dim, teacher.feature_dim, settings)
+    images, targets = train_x, ex.targets_for(training, guidance, train_y)
+    fraction = ex.label_fraction(training)
+    if 0 < fraction < 1:
+        subset = ex.labeled_subset(train_y, fraction, seed)
+        images, targets = train_x[subset], ex.take(targets, subset)
+        recipe = replace(recipe, steps=recipe.epochs * math.ceil(len(train_x) / recipe.batch_size))
+    return objective, images, targets, recipe
+
+
 def arm_dict(profile: Profile, training: str) -> dict[str, Any]:
     """An arm's settings written out in full: {"lr", "epochs", "objective" (guided only)}."""
     recipe, objective = arm_settings(profile, training)
@@ -405,14 +422,9 @@ def run_grid(profile: Profile, out: Path, teacher_path: Path | None = None, fres
             apply_masks(student, masks)
         student.to(device)
         initial_weights = ex.effective_weights(student)
-        recipe, settings = arm_settings(profile, training)
-        objective = ex.objective_for(training, student.feature_dim, teacher.feature_dim, settings)
-        images, targets = train_x, ex.targets_for(training, guidance, train_y)
+        objective, images, targets, recipe = arm_inputs(profile, training, student, teacher, train_x, train_y,
+                                                        guidance, seed)
         fraction = ex.label_fraction(training)
-        if 0 < fraction < 1:  # label-scarce: few labeled images, as many steps as the arms on all images
-            subset = ex.labeled_subset(train_y, fraction, seed)
-            images, targets = train_x[subset], ex.take(targets, subset)
-            recipe = replace(recipe, steps=recipe.epochs * math.ceil(len(train_x) / recipe.batch_size))
         try:
             losses = ex.train(student, spec, images, targets, objective, recipe, seed=seed, device=device)
             diverged = False

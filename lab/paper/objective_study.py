@@ -25,7 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from lnpt.lab.paper.grid import (PROFILES, arm_dict, arm_settings, describe_settings, fresh_student, kept_file,
+from lnpt.lab.paper.grid import (PROFILES, arm_dict, arm_inputs, describe_settings, fresh_student, kept_file,
                                  locked, merged_store, prune)
 from lnpt.shared.cli import add_format_option, emit
 
@@ -178,16 +178,10 @@ def run_study(profile, arms: tuple[str, ...], out: Path, teacher_path: Path | No
             apply_masks(student, masks[sparsity] if rounds is None else
                         prune(studied, fresh_student(profile, spec, 0, classes), "lnpt-progressive", sparsity, 0, teacher,
                               train_x, train_y, spec, rounds=rounds)[0])
-            arm_recipe, objective_settings = arm_settings(studied, arm)
-            objective = ex.objective_for(arm, student.feature_dim, teacher.feature_dim, objective_settings)
-            images, targets = train_x, ex.targets_for(arm, guidance, train_y)
-            fraction = ex.label_fraction(arm)
-            if 0 < fraction < 1:
-                subset = ex.labeled_subset(train_y, fraction, seed=0)
-                images, targets = train_x[subset], ex.take(targets, subset)
-                arm_recipe = replace(arm_recipe, steps=arm_recipe.epochs * -(-len(train_x) // arm_recipe.batch_size))
+            objective, images, targets, recipe = arm_inputs(studied, arm, student, teacher, train_x, train_y,
+                                                            guidance, seed=0)
             try:
-                ex.train(student, spec, images, targets, objective, arm_recipe, seed=0)
+                ex.train(student, spec, images, targets, objective, recipe, seed=0)
                 accuracies[f"{sparsity:g}"] = ex.measure(student, spec, val_x, val_y)["accuracy"]
             except ex.ExperimentError:  # diverged: the candidate loses
                 accuracies[f"{sparsity:g}"] = 0.0
