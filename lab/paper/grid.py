@@ -1,25 +1,30 @@
-"""`lnpt analyze grid`: pruning score x training objective x sparsity, test accuracy over seeds;
-and channel pruning: importance x training objective x channel ratio, with the speed it buys.
+"""`lnpt analyze grid`: pruning score x training arm x sparsity, test accuracy over seeds; and channel
+pruning: importance x training arm x channel ratio, with the speed it buys.
 
 Experiments 2 and 3 of the method (docs/RESULTS.md):
-- every score {lnpt, snip, grasp, synflow, magnitude, random} prunes the same seeded student before
-  training (snip and grasp with labels, lnpt with the teacher's targets, the rest data-free);
-- each pruned student is trained twice from the very same weights and masks, with the same data order,
-  optimizer, schedule and epochs: once label-free (learning gap + KD against a local teacher's
-  targets, no label anywhere) and once supervised (cross-entropy on labels);
-- references: the dense teacher, and the dense student trained both ways;
+- every score {lnpt, lnpt-progressive, snip, grasp, synflow, magnitude, random} prunes the same seeded
+  student before training (snip and grasp with labels, the LNPT scores with the teacher's targets, the
+  rest data-free);
+- each pruned student is trained in every arm from the very same weights and masks and data order:
+  label-free ("guided": learning gap + KD against a local teacher's targets, no label anywhere),
+  supervised (cross-entropy on labels), and label-scarce ("supervised@0.01": labels on a seeded,
+  class-balanced share of the images only, for as many steps); each arm with its own settings
+  (profile.arms, chosen by `lnpt analyze objective` on a validation split);
+- references: the dense teacher, and the dense student trained in every arm;
 - structured rows (profile.channel_ratios): the seeded student loses that ratio of every prunable
   layer's channels (Torch-Pruning) by importance {lnpt: group Taylor of the label-free objective on
-  the teacher's targets, magnitude: L1, random}, then trains both ways like the rows above; each
-  row also records MACs and the ONNX Runtime latency (batch 1, 1 thread) over the dense student's,
-  measured side by side, for the latency-vs-accuracy plot OUT/grid-latency.png (its Pareto front).
+  the teacher's targets, magnitude: L1, random}, then trains like the rows above; each row also
+  records MACs and the ONNX Runtime latency (batch 1, 1 thread) over the dense student's, measured
+  side by side, for the latency-vs-accuracy plot OUT/grid-latency.png (its Pareto front).
 Teacher targets are computed once per training set (augmentation is off). Every finished run is
-appended to OUT/grid.json (atomic writes), so an interrupted grid continues where it stopped; the
-Markdown table OUT/grid.md and the plot OUT/grid.png are rewritten from it at the end.
+appended to OUT/grid.json (atomic writes under a file lock), so an interrupted grid continues where it
+stopped and N processes (--shard K/N) share one store; the tables OUT/grid.md and the plots are
+rewritten from it at the end (lab/paper/grid_report.py).
 
-Profiles: tiny (a smoke test), quick (about half an hour on two CPU cores: LeNet-5 student and
-teacher, a 10k-image subset, 5 epochs, Adam; structured rows with --channel-ratios), full (GPU:
-ResNet-20 student, ResNet-32 teacher, all data, channel ratios 0.3/0.5/0.7).
+Profiles (lab/paper/profiles.py): tiny (a smoke test), quick (about half an hour on two CPU cores:
+LeNet-5 student and teacher, a 10k-image subset, 5 epochs, Adam), standard (the kept mature ResNet-20
+teacher, LeNet-5 students on all 60k images, 3 seeds, label-scarce arms and channel rows: two
+one-thread shards), full (GPU: ResNet-20 students, ResNet-32 teacher, all data, channel ratios).
 """
 from __future__ import annotations
 
@@ -28,91 +33,13 @@ import copy
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Iterator
 
+from lnpt.lab.paper.profiles import (CHANNEL_IMPORTANCES, CHANNELS, DENSE, PROFILES, SCORES, Profile, arm_settings,
+                                     kept_file, planned_runs, run_key)
 from lnpt.shared.cli import add_format_option, emit
-
-# The registered pruning scores (edge.pruning.scorers.SCORERS), in the order the grid reports them.
-SCORES = ("lnpt", "lnpt-progressive", "snip", "grasp", "synflow", "magnitude", "random")
-ONE_SHOT_SCORES = tuple(s for s in SCORES if s != "lnpt-progressive")  # the quick profile's record
-TRAININGS = ("guided", "supervised")
-DENSE = "dense"
-# Channel importance of the structured rows -> Torch-Pruning criterion (edge.pruning.structured).
-CHANNEL_IMPORTANCES = {"lnpt": "taylor", "magnitude": "magnitude", "random": "random"}
-CHANNELS = "channels:"  # a structured row's score is CHANNELS + importance, e.g. "channels:lnpt"
-
-
-@dataclass(frozen=True)
-class Profile:
-    name: str
-    student: str
-    teacher: str
-    teacher_train_samples: int  # 0 = all 60k
-    teacher_epochs: int
-    train_samples: int  # the student's (edge) training set; 0 = all
-    test_samples: int  # 0 = the whole 10k test set
-    epochs: int
-    batch_size: int = 64
-    # One optimizer and learning rate for both arms. Adam, because SGD left sparse LeNet-5s (no batch
-    # norm: the signal fades through layers thinned to a few %) stuck at chance for epochs, and
-    # because it is indifferent to the guided loss's larger scale (KD carries tau^2 = 16), where SGD
-    # needed a different learning rate per arm (docs/RESULTS.md).
-    optimizer: str = "adam"
-    lr: float = 5e-3
-    weight_decay: float = 0.0
-    prune_samples: int = 100  # 10 x classes, as in the paper
-    scores: tuple[str, ...] = SCORES
-    trainings: tuple[str, ...] = TRAININGS
-    sparsities: tuple[float, ...] = (0.9, 0.95, 0.98, 0.99)
-    seeds: tuple[int, ...] = (0, 1)
-    device: str = "cpu"
-    channel_ratios: tuple[float, ...] = ()  # structured rows: channel ratio removed; () = none
-    channel_importances: tuple[str, ...] = tuple(CHANNEL_IMPORTANCES)
-    # The label-scarce arms: supervised on a seeded, class-balanced share of the images only
-    # ("supervised@0.01"), trained as many steps as the arms on all images, on the dense student and
-    # on the masks of `scarce_scores`.
-    label_fractions: tuple[float, ...] = ()
-    scarce_scores: tuple[str, ...] = ("lnpt",)
-    # Per-arm settings that differ from the profile's (lr, epochs, optimizer; "objective": the guided
-    # objective's [objective] keys), e.g. {"guided": {"lr": 0.01}}: each arm gets its own best setting.
-    arms: dict = field(default_factory=dict)
-    teacher_file: str = ""  # the profile's kept teacher (used when --teacher is not given)
-    notes: str = field(default="", compare=False)
-
-    @property
-    def scarce_trainings(self) -> tuple[str, ...]:
-        return tuple(f"supervised@{f:g}" for f in self.label_fractions)
-
-
-# Chosen by `lnpt analyze objective` (docs/results/objective-study/study.md); until it has run, today's
-# defaults: Adam 5e-3 and 5 epochs for every arm, LG (mse, learned projector) + 1.0 x KD at tau 4.
-ARMS_STANDARD: dict = {}
-
-PROFILES = {
-    "tiny": Profile("tiny", "lenet5", "lenet5", 1000, 1, train_samples=256, test_samples=256, epochs=1,
-                    prune_samples=32, scores=("lnpt", "magnitude"), sparsities=(0.9,), seeds=(0,),
-                    channel_ratios=(0.5,), label_fractions=(0.1,), arms={"guided": {"lr": 0.01}},
-                    notes="smoke test only: numbers mean nothing"),
-    "quick": Profile("quick", "lenet5", "lenet5", 0, 10, train_samples=10000, test_samples=0, epochs=5,
-                     scores=ONE_SHOT_SCORES,
-                     notes="2-core CPU: LeNet-5 teacher trained on all 60k labelled images for 10 epochs (the cloud), "
-                           "LeNet-5 students on a 10k-image subset (the edge), 5 epochs, no augmentation"),
-    # The evidence profile (docs/RESULTS.md): the kept mature ResNet-20 teacher, LeNet-5 students (another
-    # architecture and width: the projector is used) on all 60k images as unlabeled data, 3 seeds; label-
-    # scarce arms; channel rows. ARMS_STANDARD: each arm's settings from `lnpt analyze objective`
-    # (docs/results/objective-study/), chosen on a validation split of the training images.
-    "standard": Profile("standard", "lenet5", "resnet20", 0, 30, train_samples=0, test_samples=0, epochs=5,
-                        sparsities=(0.9, 0.95, 0.98), seeds=(0, 1, 2), channel_ratios=(0.3, 0.5, 0.7),
-                        label_fractions=(0.01, 0.1), arms=ARMS_STANDARD,
-                        teacher_file="docs/results/mature-teacher/resnet20-fmnist.pt",
-                        notes="2-core CPU, two shards of one thread: mature ResNet-20 teacher (kept file), "
-                              "LeNet-5 students on all 60k images, 5 epochs, 3 seeds"),
-    "full": Profile("full", "resnet20", "resnet32", 0, 60, train_samples=0, test_samples=0, epochs=40,
-                    lr=1e-3, seeds=(0, 1, 2), device="cuda", channel_ratios=(0.3, 0.5, 0.7),
-                    notes="GPU: ResNet-32 teacher, ResNet-20 students on all 60k images, 40 epochs"),
-}
 
 
 def register(actions: argparse._SubParsersAction, deprecated_alias: bool = False) -> None:
@@ -228,23 +155,6 @@ def run(args: argparse.Namespace) -> int:
 
 # --- the grid --------------------------------------------------------------------------------------
 
-def run_key(score: str, training: str, sparsity: float, seed: int) -> str:
-    return f"{score}|{training}|{sparsity:g}|{seed}"
-
-
-def planned_runs(profile: Profile) -> list[tuple[str, str, float, int]]:
-    """Seed by seed (a stopped grid has complete seeds first), dense references first, structured
-    rows last; a structured row's third element is its channel ratio."""
-    runs = []
-    scarce = profile.scarce_trainings
-    for seed in profile.seeds:
-        runs += [(DENSE, training, 0.0, seed) for training in profile.trainings + scarce]
-        runs += [(score, training, sparsity, seed) for sparsity in profile.sparsities for score in profile.scores
-                 for training in profile.trainings + (scarce if score in profile.scarce_scores else ())]
-        runs += [(CHANNELS + importance, training, ratio, seed) for ratio in profile.channel_ratios
-                 for importance in profile.channel_importances for training in profile.trainings]
-    return runs
-
 
 def recipe_of(profile: Profile, teacher_version: str) -> dict[str, Any]:
     """What decides a run's numbers; a stored grid is resumed only under the same recipe."""
@@ -252,27 +162,6 @@ def recipe_of(profile: Profile, teacher_version: str) -> dict[str, Any]:
             "weight_decay", "prune_samples", "arms")
     return {**{k: asdict(profile)[k] for k in keep}, "teacher_version": teacher_version, "augment": False,
             "schedule": "cosine over all steps"}
-
-
-def arm_settings(profile: Profile, training: str) -> tuple[Any, Any]:
-    """(Recipe, ObjectiveConfig or None) of one arm: the profile's settings with the arm's own on top.
-    A label-scarce arm ("supervised@F") falls back to "supervised"'s settings."""
-    from lnpt.lab.paper import experiment as ex
-    from lnpt.shared.config import ObjectiveConfig
-
-    own = profile.arms.get(training, profile.arms.get(training.partition("@")[0], {}))
-    recipe = ex.Recipe(own.get("epochs", profile.epochs), profile.batch_size, own.get("lr", profile.lr),
-                       weight_decay=own.get("weight_decay", profile.weight_decay),
-                       optimizer=own.get("optimizer", profile.optimizer))
-    objective = ObjectiveConfig(**own.get("objective", {})) if ex.label_fraction(training) == 0.0 else None
-    return recipe, objective
-
-
-def data_name(store: dict[str, Any], profile: Profile) -> str:
-    test = store["recipe"].get("test_data", "fashion-mnist")
-    if test == "fashion-mnist":
-        return f"{profile.test_samples or 10000} Fashion-MNIST test images"
-    return f"the held-out images of {test}"
 
 
 def arm_inputs(profile: Profile, training: str, student, teacher, train_x, train_y, guidance, seed: int):
@@ -290,29 +179,6 @@ def arm_inputs(profile: Profile, training: str, student, teacher, train_x, train
         images, targets = train_x[subset], ex.take(targets, subset)
         recipe = replace(recipe, steps=recipe.epochs * math.ceil(len(train_x) / recipe.batch_size))
     return objective, images, targets, recipe
-
-
-def arm_dict(profile: Profile, training: str) -> dict[str, Any]:
-    """An arm's settings written out in full: {"lr", "epochs", "objective" (guided only)}."""
-    recipe, objective = arm_settings(profile, training)
-    settings: dict[str, Any] = {"lr": recipe.lr, "epochs": recipe.epochs}
-    if objective is not None:
-        settings["objective"] = asdict(objective)
-    return settings
-
-
-def describe_settings(settings: dict[str, Any]) -> str:
-    """A short, readable name of one arm's settings: 'lr 0.005, 5 ep, LG mse/learned + 1 x KD tau 4'."""
-    text = f"lr {settings['lr']:g}, {settings['epochs']} ep"
-    objective = settings.get("objective")
-    if objective:
-        terms = []
-        if objective["lambda_gap"]:
-            terms.append(f"{objective['lambda_gap']:g} x LG {objective['gap']}/{objective['projector']}")
-        if objective["lambda_kd"]:
-            terms.append(f"{objective['lambda_kd']:g} x KD tau {objective['temperature']:g}")
-        text += ", " + " + ".join(terms)
-    return text
 
 
 RECIPE_DEFAULTS = {"arms": {}, "data": "fashion-mnist", "test_data": "fashion-mnist"}
@@ -453,6 +319,8 @@ def run_grid(profile: Profile, out: Path, teacher_path: Path | None = None, fres
     bar.close()
     with locked(store_path):
         store = merged_store(store_path, store)  # the reports cover every shard's finished runs
+    from lnpt.lab.paper.grid_report import markdown_report, plot, plot_latency, summarise
+
     markdown = markdown_report(store, profile)
     ex.write_text(out / "grid.md", markdown)
     plot(store, profile, out / "grid.png")
@@ -461,14 +329,6 @@ def run_grid(profile: Profile, out: Path, teacher_path: Path | None = None, fres
     return {"out": str(out), "profile": store["profile"], "teacher": store["teacher"], "recipe": store["recipe"],
             "machine": store["machine"], "summary": summarise(store, profile), "runs": list(store["runs"].values()),
             "markdown": markdown}
-
-
-def kept_file(relative: str) -> Path:
-    """A file kept in the repository (docs/results/...): found from the current folder, else from the
-    checkout this module runs from."""
-    here = Path(relative)
-    checkout = Path(__file__).resolve().parents[2] / relative
-    return checkout if not here.exists() and checkout.exists() else here
 
 
 @contextmanager
@@ -583,287 +443,4 @@ def machine() -> dict[str, Any]:
 
 # --- reports ---------------------------------------------------------------------------------------
 
-def stats(values: list[float]) -> dict[str, float]:
-    import statistics
 
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min": min(values), "max": max(values), "n": len(values)}
-
-
-def summarise(store: dict[str, Any], profile: Profile) -> dict[str, dict[str, Any]]:
-    """Accuracy over seeds per (score, training, sparsity or channel ratio):
-    {"score|training|level": stats}; structured rows as "channels:IMPORTANCE|training|ratio"."""
-    groups: dict[str, list[float]] = {}
-    for run in store["runs"].values():
-        level = run.get("channel_ratio", run["sparsity"])
-        groups.setdefault(f"{run['score']}|{run['training']}|{level:g}", []).append(run["accuracy"])
-    return {key: stats(values) for key, values in sorted(groups.items())}
-
-
-def channel_speed(store: dict[str, Any]) -> dict[float, dict[str, float]]:
-    """MACs and ORT latency over dense per channel ratio (the same for every importance and seed)."""
-    return {run["channel_ratio"]: {"macs": run["macs_over_dense"], "latency": run["latency_over_dense"]}
-            for run in store["runs"].values() if "channel_ratio" in run}
-
-
-def cell(summary: dict[str, Any], key: str) -> str:
-    s = summary.get(key)
-    if s is None:
-        return "–"
-    return f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}" + (f" (n={s['n']})" if s["n"] != 1 else " (n=1)")
-
-
-def markdown_report(store: dict[str, Any], profile: Profile) -> str:
-    summary = summarise(store, profile)
-    seeds = len(profile.seeds)
-    lines = [f"### Accuracy grid, profile `{profile.name}`", "",
-             f"Test accuracy (%) on {data_name(store, profile)}, mean ± std over "
-             f"{seeds} seed(s) (n = runs finished). Student {profile.student}, teacher {profile.teacher} "
-             f"({100 * store['teacher']['test_accuracy']:.2f} %), {profile.train_samples or 'all'} training "
-             f"images, prune samples {profile.prune_samples}, {profile.optimizer}, cosine schedule; per arm: "
-             + "; ".join(f"{t}: {describe_settings(arm_dict(profile, t))}"
-                         for t in profile.trainings + profile.scarce_trainings) + ". "
-             f"guided = label-free (learning gap + KD on teacher targets); supervised = cross-entropy on labels.",
-             "", "| score | training | " + " | ".join(f"{s:.0%}" if s < 0.99 else f"{s:.1%}"
-                                                      for s in profile.sparsities) + " |",
-             "|---|---|" + "---|" * len(profile.sparsities)]
-    for score in profile.scores:
-        for training in profile.trainings:
-            cells = [cell(summary, f"{score}|{training}|{s:g}") for s in profile.sparsities]
-            lines.append(f"| {score} | {training} | " + " | ".join(cells) + " |")
-    lines += ["", "| dense reference | accuracy (%) |", "|---|---|",
-              f"| teacher ({profile.teacher}) | {100 * store['teacher']['test_accuracy']:.2f} |"]
-    for training in profile.trainings:
-        lines.append(f"| student ({profile.student}), {training} | {cell(summary, f'{DENSE}|{training}|0')} |")
-    if set(TRAININGS) <= set(profile.trainings):
-        lines += ["", "Guided minus supervised (percentage points): mean of the per-seed differences (same "
-                  "student, masks and data order) and its 95 % t-interval over seeds:", "",
-                  "| score | " + " | ".join(f"{s:g}" for s in profile.sparsities) + " |",
-                  "|---|" + "---|" * len(profile.sparsities)]
-        for score in profile.scores:
-            cells = [difference_cell(store, score, "guided", "supervised", s) for s in profile.sparsities]
-            lines.append(f"| {score} | " + " | ".join(cells) + " |")
-    if profile.label_fractions:
-        lines += [""] + scarce_report(store, profile, summary)
-    if "guided" in profile.trainings:
-        lines += [""] + rank_report(profile, summary)
-    lines += [""] + correlation_report(store)
-    if profile.channel_ratios:
-        lines += [""] + channel_report(store, profile, summary)
-    return "\n".join(lines) + "\n"
-
-
-def paired_differences(store: dict[str, Any], score: str, a: str, b: str, sparsity: float) -> list[float]:
-    """Accuracy of arm `a` minus arm `b` per seed where both finished (the same student and masks)."""
-    runs = store["runs"]
-    seeds = sorted({r["seed"] for r in runs.values()})
-    level = 0.0 if score == DENSE else sparsity
-    keys = [(run_key(score, a, level, seed), run_key(score, b, level, seed)) for seed in seeds]
-    return [runs[x]["accuracy"] - runs[y]["accuracy"] for x, y in keys if x in runs and y in runs]
-
-
-def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float] | None:
-    """Student-t interval of the mean (None with fewer than two values)."""
-    import statistics
-
-    from scipy.stats import t
-
-    if len(values) < 2:
-        return None
-    half = t.ppf(0.5 + level / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
-    mean = statistics.fmean(values)
-    return mean - half, mean + half
-
-
-def difference_cell(store: dict[str, Any], score: str, a: str, b: str, sparsity: float) -> str:
-    diffs = paired_differences(store, score, a, b, sparsity)
-    if not diffs:
-        return "–"
-    interval = t_interval(diffs)
-    mean = 100 * sum(diffs) / len(diffs)
-    return f"{mean:+.2f}" + (f" [{100 * interval[0]:+.2f}, {100 * interval[1]:+.2f}]" if interval else " (n=1)")
-
-
-def scarce_report(store: dict[str, Any], profile: Profile, summary: dict[str, Any]) -> list[str]:
-    """What an edge user decides: label-free on all images, or supervised on the few they can label."""
-    arms = ("guided", *profile.scarce_trainings, "supervised")
-    names = {"guided": "label-free, all images", "supervised": "supervised, all images labeled"}
-    names.update({t: f"supervised, {float(t.split('@')[1]):.0%} labeled" for t in profile.scarce_trainings})
-    lines = ["### Label-scarce comparison", "",
-             "Label-free training on all images vs supervised training on only a seeded, class-balanced share "
-             "of them with labels (trained as many steps as the arms on all images, each arm with its own "
-             "settings). Test accuracy (%), mean ± std over seeds; then label-free minus each scarce arm with "
-             "its 95 % t-interval.", "",
-             "| student | sparsity | " + " | ".join(names[a] for a in arms) + " | "
-             + " | ".join(f"label-free − {float(t.split('@')[1]):.0%} labeled" for t in profile.scarce_trainings)
-             + " |", "|---|---|" + "---|" * (len(arms) + len(profile.scarce_trainings))]
-    for score in (DENSE, *profile.scarce_scores):
-        for sparsity in ((0.0,) if score == DENSE else profile.sparsities):
-            cells = [cell(summary, f"{score}|{arm}|{sparsity:g}") for arm in arms]
-            cells += [difference_cell(store, score, "guided", t, sparsity) for t in profile.scarce_trainings]
-            lines.append(f"| {score} | {sparsity:g} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def rank_report(profile: Profile, summary: dict[str, Any]) -> list[str]:
-    """Under guided training: where the LNPT scores rank, and whether they are within one standard
-    error (over seeds) of the best score's mean."""
-    ours = [s for s in ("lnpt", "lnpt-progressive") if s in profile.scores]
-    lines = ["Under guided training, the rank of the LNPT scores among the scores (1 = best mean accuracy) "
-             "and whether each is within one standard error of the best:", "",
-             "| sparsity | " + " | ".join(ours) + " | best score | best accuracy (%) |",
-             "|---|" + "---|" * (len(ours) + 2)]
-    for s in profile.sparsities:
-        found = {score: summary[f"{score}|guided|{s:g}"] for score in profile.scores
-                 if f"{score}|guided|{s:g}" in summary}
-        if not found:
-            continue
-        ranked = sorted(found, key=lambda k: found[k]["mean"], reverse=True)
-        best = found[ranked[0]]
-        error = best["std"] / math.sqrt(best["n"])
-        cells = [("–" if score not in found else f"{ranked.index(score) + 1} of {len(ranked)}"
-                  + (" (within 1 SE)" if best["mean"] - found[score]["mean"] <= error else "")) for score in ours]
-        lines.append(f"| {s:g} | " + " | ".join(cells) + f" | {ranked[0]} | {100 * best['mean']:.2f} |")
-    return lines
-
-
-PREDICTORS = {"learning_gap": "final learning gap to the teacher (mse, test images)",
-              "cka_gap": "1 − linear CKA to the teacher (test images)",
-              "distance_to_init": "‖θ − θ0‖", "distance_to_teacher": "‖θ − θ_T‖ (same architecture only)"}
-
-
-def correlation_report(store: dict[str, Any]) -> list[str]:
-    """Claim 1 across runs: Spearman's rho of each predictor with test accuracy over all pruned students."""
-    from lnpt.lab.paper.correlation import across_runs
-
-    pruned = [r for r in store["runs"].values() if r["score"] not in (DENSE,) and "channel_ratio" not in r
-              and not r.get("diverged")]
-    found = across_runs(pruned, tuple(PREDICTORS), target="accuracy")
-    lines = ["Claim 1 across runs: Spearman's rank correlation with test accuracy over all finished pruned "
-             "students (every score, sparsity, arm and seed), with a 95 % bootstrap interval. The claim holds "
-             "when the learning gap correlates negatively and more strongly than the weight distances.", "",
-             "| predictor | rho | 95 % interval | runs |", "|---|---|---|---|"]
-    for name, text in PREDICTORS.items():
-        r = found[name]
-        if r["rho"] is None:
-            lines.append(f"| {text} | – | – | {r['runs']} |")
-        else:
-            lines.append(f"| {text} | {r['rho']:+.3f} | [{r['interval'][0]:+.3f}, {r['interval'][1]:+.3f}] | "
-                         f"{r['runs']} |")
-    return lines
-
-
-def channel_report(store: dict[str, Any], profile: Profile, summary: dict[str, Any]) -> list[str]:
-    """The structured rows: accuracy per importance x training x channel ratio, the speed each ratio
-    buys, and the accuracy given up for a 2x and a 4x faster student."""
-    speed = channel_speed(store)
-    ratios = profile.channel_ratios
-    lines = ["### Channel pruning (structured rows)", "",
-             "Same students, seeds and training as above; channels removed from every prunable layer before "
-             "training (Torch-Pruning), by importance: lnpt = group Taylor of the label-free objective "
-             "(learning gap + KD on the teacher's targets), magnitude = L1, random. Speed: MACs and ONNX Runtime "
-             "latency (batch 1, 1 thread, this machine) over the dense student's.", "",
-             "| importance | training | " + " | ".join(f"{r:.0%} channels" for r in ratios) + " |",
-             "|---|---|" + "---|" * len(ratios)]
-    for importance in profile.channel_importances:
-        for training in profile.trainings:
-            cells = [cell(summary, f"{CHANNELS}{importance}|{training}|{r:g}") for r in ratios]
-            lines.append(f"| {importance} | {training} | " + " | ".join(cells) + " |")
-    for label, key in (("MACs / dense", "macs"), ("latency / dense", "latency")):
-        lines.append(f"| {label} | | " + " | ".join(f"{speed[r][key]:.2f}" if r in speed else "–" for r in ratios)
-                     + " |")
-    lines += ["", "Accuracy cost of speed (points below the dense student of the same training; the least "
-              "pruned ratio that reaches the speed-up):", "",
-              "| importance | training | 2x faster | 4x faster |", "|---|---|---|---|"]
-    for importance in profile.channel_importances:
-        for training in profile.trainings:
-            dense = summary.get(f"{DENSE}|{training}|0")
-            cells = []
-            for speedup in (2, 4):
-                fast = [r for r in sorted(ratios) if r in speed and speed[r]["latency"] <= 1 / speedup]
-                got = summary.get(f"{CHANNELS}{importance}|{training}|{fast[0]:g}") if fast else None
-                cells.append("not reached" if not fast else "–" if got is None or dense is None else
-                             f"{100 * (got['mean'] - dense['mean']):+.2f} at {fast[0]:.0%}")
-            lines.append(f"| {importance} | {training} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def plot(store: dict[str, Any], profile: Profile, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    summary = summarise(store, profile)
-    colours = dict(zip(SCORES, plt.get_cmap("tab10").colors))
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for score in profile.scores:
-        for training in profile.trainings:
-            points = [(s, summary[f"{score}|{training}|{s:g}"]) for s in profile.sparsities
-                      if f"{score}|{training}|{s:g}" in summary]
-            if points:
-                ax.errorbar([100 * s for s, _ in points], [100 * p["mean"] for _, p in points],
-                            yerr=[100 * p["std"] for _, p in points], color=colours[score], capsize=3, marker="o",
-                            linestyle="-" if training == "guided" else "--", label=f"{score}, {training}")
-    ax.axhline(100 * store["teacher"]["test_accuracy"], color="black", linewidth=1, label="dense teacher")
-    for training in profile.trainings:
-        dense = summary.get(f"{DENSE}|{training}|0")
-        if dense:
-            ax.axhline(100 * dense["mean"], color="grey", linewidth=1,
-                       linestyle="-" if training == "guided" else "--", label=f"dense student, {training}")
-    save_accuracy_plot(fig, ax, path, "sparsity (%)", f"lnpt accuracy grid ({profile.name})", "lower left")
-
-
-def plot_latency(store: dict[str, Any], profile: Profile, path: Path) -> None:
-    """Accuracy against ORT latency over dense for the structured rows (means over seeds), the dense
-    students at 1.0, and the Pareto front: the best accuracy reached at or below each latency."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    summary, speed = summarise(store, profile), channel_speed(store)
-    colours = dict(zip(CHANNEL_IMPORTANCES, plt.get_cmap("tab10").colors))
-    fig, ax = plt.subplots(figsize=(8, 5))
-    points = []
-    for importance in profile.channel_importances:
-        for training in profile.trainings:
-            row = [(speed[r]["latency"], summary[f"{CHANNELS}{importance}|{training}|{r:g}"]) for r in
-                   profile.channel_ratios if r in speed and f"{CHANNELS}{importance}|{training}|{r:g}" in summary]
-            if row:
-                ax.errorbar([x for x, _ in row], [100 * p["mean"] for _, p in row],
-                            yerr=[100 * p["std"] for _, p in row], color=colours[importance], capsize=3, marker="o",
-                            linestyle="-" if training == "guided" else "--", label=f"{importance}, {training}")
-                points += [(x, 100 * p["mean"]) for x, p in row]
-    for training in profile.trainings:
-        dense = summary.get(f"{DENSE}|{training}|0")
-        if dense:
-            ax.plot([1.0], [100 * dense["mean"]], marker="s", color="grey", linestyle="none",
-                    label=f"dense student, {training}")
-            points.append((1.0, 100 * dense["mean"]))
-    front, best = [], float("-inf")
-    for x, y in sorted(points):
-        if y > best:
-            front.append((x, y))
-            best = y
-    if front:
-        ax.step([x for x, _ in front], [y for _, y in front], where="post", color="black", linewidth=1,
-                label="Pareto front")
-    save_accuracy_plot(fig, ax, path, "ONNX Runtime latency / dense (batch 1, 1 thread)",
-                       f"lnpt channel pruning ({profile.name})", "lower right")
-
-
-def save_accuracy_plot(fig, ax, path: Path, xlabel: str, title: str, legend_at: str) -> None:
-    """Label, legend and write (atomically) a test-accuracy plot of the grid, then close it."""
-    import matplotlib.pyplot as plt
-
-    from lnpt.shared.files import atomic_write
-
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{title}: solid = guided label-free, dashed = supervised")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc=legend_at)
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
-    plt.close(fig)

@@ -25,8 +25,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from lnpt.lab.paper.grid import (PROFILES, arm_dict, arm_inputs, describe_settings, fresh_student, kept_file,
-                                 locked, merged_store, prune)
+from lnpt.lab.paper.grid import arm_inputs, fresh_student, locked, merged_store, prune
+from lnpt.lab.paper.profiles import PROFILES, arm_dict, describe_settings, kept_file
 from lnpt.shared.cli import add_format_option, emit
 
 SPARSITIES = (0.95, 0.98)  # where the claims are tested
