@@ -32,7 +32,7 @@ class Profile:
     test_samples: int  # 0 = the whole 10k test set
     epochs: int
     batch_size: int = 64
-    # One optimizer and learning rate for both arms. Adam, because SGD left sparse LeNet-5s (no batch
+    # Every arm's optimizer and learning rate unless `arms` says otherwise. Adam, because SGD left sparse LeNet-5s (no batch
     # norm: the signal fades through layers thinned to a few %) stuck at chance for epochs, and
     # because it is indifferent to the guided loss's larger scale (KD carries tau^2 = 16), where SGD
     # needed a different learning rate per arm (docs/RESULTS.md).
