@@ -30,12 +30,27 @@ def test_adaptive_window_covers_the_round_trip_within_the_servers_limit():
     window.round_trip(0.100)
     window.step(0.010)
     assert window.batches == 11  # ceil(100 ms / 10 ms) + 1
-    assert window.requests([]) == 5  # but never more requests in flight than the server answers at once
+    assert window.may_send(4) and not window.may_send(5)  # but never more requests in flight than the server answers
     window.step(10.0)  # the caller became slow: the window shrinks back
     for _ in range(30):
         window.step(1.0)
     assert window.batches == 2
     assert Window(prefetch=3, max_prefetch=16, server_limit=0).batches == 3  # fixed prefetch stays fixed
+
+
+def test_adaptive_window_merges_small_batches_up_to_the_servers_preferred_batch():
+    window = Window(prefetch=0, max_prefetch=16, server_limit=0)
+    window.batch_rows(32, request_rows=256, preferred_rows=128)  # 4 batches of 32 fill the server's batch
+    window.round_trip(0.020)
+    window.step(0.010)
+    assert (window.merge, window.batches) == (4, 6)  # 2 batches cover the round trip, plus one merged request
+    window.round_trip(0.140)  # a slow server: the cap of 16 batches binds, merging gives way first
+    for _ in range(30):
+        window.round_trip(0.140)
+    assert (window.merge, window.batches) == (2, 16)
+    fixed = Window(prefetch=4, max_prefetch=16, server_limit=0)
+    fixed.batch_rows(32, request_rows=256, preferred_rows=128)
+    assert fixed.merge == 1  # a fixed prefetch sends each batch on its own
 
 
 def test_a_batch_over_4_mib_is_split_reassembled_and_resumed_across_a_restart(rgb_teacher, tmp_path):
@@ -95,4 +110,6 @@ def test_adaptive_window_stays_within_the_servers_limit_and_recovers_after_a_res
     stats = client.stats
     assert stats["window"] > 3  # it wanted more ...
     assert stats["max_in_flight"] == 3  # ... and never sent more than the server answers at once
-    assert stats["reconnects"] >= 1 and stats["requests"] == stats["responses"] == len(parts)
+    assert stats["reconnects"] >= 1 and stats["requests"] == stats["responses"]  # each request answered once
+    # 32-image batches merged up to the server's preferred 256 images: fewer requests than batches
+    assert stats["batches_per_request"] > 1 and stats["requests"] < len(parts)

@@ -74,7 +74,8 @@ def test_guided_training_learns_without_labels(teacher_path, student_path, fashi
                    "--format", "json"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["steps"] == 300 and summary["source_stats"]["responses"] == 300
+    assert summary["steps"] == 300 and summary["source_stats"]["batches"] == 300
+    assert summary["source_stats"]["requests"] == summary["source_stats"]["responses"] <= 300  # batches merge
     trained, record = load_student(out)
     end = metrics(trained, FASHION_MNIST_SPEC, test_images, test_labels, LocalTeacher(teacher))
     # Chance is 0.10 and the teacher reaches ~0.75; 300 guided steps from this seed reach ~0.72.
@@ -200,7 +201,7 @@ def test_target_cache_lets_an_epoch_run_with_the_server_down(teacher_path, stude
                    "--no-progress", "--format", "json"])
     assert rc == 0
     first = json.loads(capsys.readouterr().out)
-    assert first["steps"] == 8 and first["source_stats"]["responses"] == 8  # 512 samples fetched once
+    assert first["steps"] == 8 and first["source_stats"]["batches"] == 8  # 512 samples fetched once
     version = Teacher.load(teacher_path).version
     assert (cache / f"{version}.sqlite").is_file()  # on disk, not in memory
     # The server is gone now (its port is closed): the next run must not need it.

@@ -4,7 +4,9 @@ One `StreamTargets` stream stays open while training; `stream(batches)` keeps ba
 ahead of the one being trained, so the network and the teacher work while the student computes:
 `prefetch` of them, or (prefetch 0) as many as the measured round trip and time per step call
 for, within the server's per-stream limit. A batch too large for one message or request (limits
-from GetTeacherInfo) is split into several requests and reassembled in order. Every request
+from GetTeacherInfo) is split into several requests and reassembled in order; with the adaptive
+window, small batches are merged into one request of up to the server's preferred batch, so gRPC's
+cost per message is paid once for several batches and the server's batch fills at once. Every request
 carries an id and every answer must echo the id of the oldest unanswered request, so a target is
 never paired with another batch. When the stream drops (UNAVAILABLE, a restart, a full queue) the
 client reconnects with exponential backoff and full jitter and re-sends only the requests still
@@ -46,6 +48,7 @@ AUTH_CODES = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED
 TLS_MARKERS = ("ssl", "handshake", "certificate", "tsi_", "x509", "verification check")
 INFO_TIMEOUT_SECONDS = 30.0
 MESSAGE_HEADROOM_BYTES = 4096  # a request's fields besides the pixels: id, shape, dtypes, version
+BUFFERED_READ_SECONDS = 0.001  # a read that took longer waited for the answer to arrive
 
 
 class GuidanceError(LnptError, RuntimeError):
@@ -232,8 +235,8 @@ class GuidanceClient(TargetSource):
         self.retry = retry or RetryPolicy()
         self.expected_version = expected_version
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self.stats = {"requests": 0, "responses": 0, "resent": 0, "reconnects": 0, "wait_seconds": 0.0,
-                      "window": 0, "max_in_flight": 0}
+        self.stats = {"batches": 0, "requests": 0, "responses": 0, "resent": 0, "reconnects": 0, "wait_seconds": 0.0,
+                      "window": 0, "batches_per_request": 0, "max_in_flight": 0}
         self._info: pb.TeacherInfo | None = None
         self._next_id = 1
         self._id_lock = threading.Lock()
@@ -315,56 +318,79 @@ class GuidanceClient(TargetSource):
     def stream(self, batches: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Targets for each batch, in order, with batches requested ahead of the one being trained.
 
-        `batches` is pulled lazily, so the connection opens only when the first batch is there. A
-        batch larger than one message (GetTeacherInfo.max_message_bytes) or than the server's
-        largest request (max_batch_size) travels as several requests and is reassembled in order.
-        The window of requests in flight is `prefetch` batches, or, with prefetch 0, sized from the
-        measured round trip and the time the caller spends between batches; it never exceeds the
-        server's per-stream limit (max_in_flight).
+        `batches` is pulled lazily, so the connection opens only when the first batch is there. The
+        images asked for travel as a queue of rows cut into requests: a batch larger than one message
+        (GetTeacherInfo.max_message_bytes) or than the server's largest request (max_batch_size) is
+        split over several, and with the adaptive window (prefetch 0) small batches are merged, up to
+        the server's preferred batch, so each request pays gRPC's per-message cost for more images
+        and fills the server's batch at once. The answers are cut back into the caller's batches.
+        The window of batches in flight is `prefetch`, or, with prefetch 0, sized from the measured
+        round trip and the time the caller spends between batches; the requests in flight never
+        exceed the server's per-stream limit (max_in_flight).
         """
         info = self.info
         image_dtype = pb.DTYPE_UINT8 if (self.image_wire == "uint8" and pb.DTYPE_UINT8 in info.input_dtypes) \
             else pb.DTYPE_FLOAT32
         target_dtype = pb.DTYPE_FLOAT16 if (self.target_wire == "float16" and pb.DTYPE_FLOAT16 in
                                             info.target_dtypes) else pb.DTYPE_FLOAT32
+        request_rows = self.rows_per_request(image_dtype, target_dtype)
         batches = iter(batches)
         window = Window(self.prefetch, self.max_prefetch, int(info.max_in_flight))
-        unsent: deque[pb.TargetsRequest] = deque()  # split off a batch, not yet sent
+        unsent = Rows()  # pixels asked for, not yet in a request
+        answered = Rows()  # targets received, not yet handed to the caller
+        open_batches: deque[int] = deque()  # rows of each batch asked for, not yet handed out, oldest first
         pending: OrderedDict[int, pb.TargetsRequest] = OrderedDict()  # sent, not yet answered, oldest first
         sent_at: dict[int, float] = {}
-        open_batches: deque[Assembly] = deque()  # asked for, not yet returned to the caller
         backoff = Backoff(self.retry, self.where)
         call: _Call | None = None
         exhausted = False
+
+        def send(full_only: bool) -> None:
+            """Cut the unsent rows into requests and send them; `full_only`: only requests as large as
+            allowed (the rest waits for the next batch), so a batch goes out as soon as its request is."""
+            nonlocal call
+            limit = min(request_rows, window.merge * window.rows)
+            while unsent.count and window.may_send(len(pending)) and (unsent.count >= limit or not full_only):
+                request = self._request(unsent.take(unsent.leading(limit))[0], image_dtype, target_dtype)
+                self.stats["requests"] += 1
+                pending[request.request_id] = request
+                sent_at[request.request_id] = time.perf_counter()
+                if call is None:  # open as soon as there is something to ask (or after a drop)
+                    call = self._open(pending)
+                else:
+                    call.send(request)
+
         try:
             while True:
-                while len(pending) < window.requests(open_batches):
-                    if not unsent:
-                        if exhausted or len(open_batches) >= window.batches:
-                            break
+                if not exhausted and len(open_batches) <= window.batches - window.merge:
+                    while len(open_batches) < window.batches:  # room for a whole merged request: refill
                         images = next(batches, None)
                         if images is None:
                             exhausted = True
                             break
                         if images.dtype == torch.uint8 and tuple(images.shape[1:]) != tuple(info.input_shape):
                             images = adapt(images, self.input_spec)  # one rule: targets of the teacher's input
-                        requests = self._requests(images, image_dtype, target_dtype)
-                        unsent.extend(requests)
-                        open_batches.append(Assembly(len(requests)))
-                        self.stats["requests"] += len(requests)
-                    request = unsent.popleft()
-                    pending[request.request_id] = request
-                    sent_at[request.request_id] = time.perf_counter()
-                    if call is None:  # open as soon as there is something to ask (or after a drop)
-                        call = self._open(pending)
-                    else:
-                        call.send(request)
+                        self._check_images(images)
+                        if not window.rows:  # the first batch sets the merge limit
+                            window.batch_rows(len(images), request_rows, int(info.preferred_batch_size))
+                        unsent.put(images)
+                        open_batches.append(len(images))
+                        send(full_only=True)
+                send(full_only=False)
                 self.stats["max_in_flight"] = max(self.stats["max_in_flight"], len(pending))
+                if open_batches and answered.count >= open_batches[0]:  # one batch at a time: refill between
+                    targets = answered.take(open_batches.popleft())
+                    self.stats["batches"] += 1
+                    self.stats["window"], self.stats["batches_per_request"] = window.batches, window.merge
+                    handed = time.perf_counter()
+                    yield targets
+                    window.step(time.perf_counter() - handed)
+                    continue
                 if not pending:
                     return
                 if call is None:
                     call = self._open(pending)
-                if exhausted and not unsent:
+                if exhausted and not unsent.count:
                     call.close()
                 started = time.perf_counter()
                 try:
@@ -383,19 +409,14 @@ class GuidanceClient(TargetSource):
                     now = time.perf_counter()
                     sent_at = {request_id: now for request_id in pending}  # re-sent on the next stream
                     continue
-                answered = time.perf_counter()
-                self.stats["wait_seconds"] += answered - started
+                answered_at = time.perf_counter()
+                self.stats["wait_seconds"] += answered_at - started
                 request_id, request = pending.popitem(last=False)
-                window.round_trip(answered - sent_at.pop(request_id, answered))
-                open_batches[0].add(self._check_response(response, request_id, request))
+                window.round_trip(answered_at - sent_at.pop(request_id, answered_at),
+                                  waited=answered_at - started > BUFFERED_READ_SECONDS)
+                answered.put(*self._check_response(response, request_id, request))
                 self.stats["responses"] += 1
                 backoff.reset()
-                if open_batches[0].complete:
-                    targets = open_batches.popleft().targets()
-                    self.stats["window"] = window.batches
-                    handed = time.perf_counter()
-                    yield targets
-                    window.step(time.perf_counter() - handed)
         finally:
             if call is not None:
                 call.cancel()
@@ -424,14 +445,11 @@ class GuidanceClient(TargetSource):
                 f"{self.max_message_bytes}); send smaller images or raise server.max_message_bytes")
         return min(rows, int(info.max_batch_size)) if info.max_batch_size else rows
 
-    def _requests(self, images: torch.Tensor, image_dtype: int, target_dtype: int) -> list[pb.TargetsRequest]:
-        """One batch as requests that each fit the server's limits, in order."""
+    @staticmethod
+    def _check_images(images: torch.Tensor) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise GuidanceError(f"images must be a uint8 (N, C, H, W) batch, got {images.dtype} "
                                 f"{tuple(images.shape)}")
-        rows = self.rows_per_request(image_dtype, target_dtype)
-        return [self._request(images[start:start + rows], image_dtype, target_dtype)
-                for start in range(0, len(images), rows)]
 
     def _request(self, images: torch.Tensor, image_dtype: int, target_dtype: int) -> pb.TargetsRequest:
         if self.info.max_batch_size and len(images) > self.info.max_batch_size:
@@ -474,31 +492,54 @@ class GuidanceClient(TargetSource):
         self.channel.close()
 
 
-class Assembly:
-    """The answers of one batch's requests, joined in order once all have arrived."""
+class Rows:
+    """A queue of row blocks (tuples of tensors sharing their first dimension: a batch's pixels, a
+    request's targets), taken out in any number of rows: blocks are split or joined, in order."""
 
-    def __init__(self, parts: int):
-        self.parts = parts
-        self.answers: list[tuple[torch.Tensor, torch.Tensor]] = []
+    def __init__(self):
+        self.blocks: deque[tuple[torch.Tensor, ...]] = deque()
+        self.count = 0
 
-    @property
-    def complete(self) -> bool:
-        return len(self.answers) == self.parts
+    def put(self, *tensors: torch.Tensor) -> None:
+        self.blocks.append(tensors)
+        self.count += len(tensors[0])
 
-    def add(self, answer: tuple[torch.Tensor, torch.Tensor]) -> None:
-        self.answers.append(answer)
+    def leading(self, limit: int) -> int:
+        """Rows of the whole blocks at the front that fit in `limit` together; `limit` when the first
+        block alone is larger (it is split)."""
+        rows = 0
+        for block in self.blocks:
+            if rows + len(block[0]) > limit:
+                break
+            rows += len(block[0])
+        return rows or min(limit, self.count)
 
-    def targets(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.parts == 1:
-            return self.answers[0]
-        return torch.cat([f for f, _ in self.answers]), torch.cat([z for _, z in self.answers])
+    def take(self, rows: int) -> tuple[torch.Tensor, ...]:
+        """The next `rows` rows (at most `count`), one tensor per field."""
+        parts, left = [], rows
+        while left > 0:
+            block = self.blocks[0]
+            if len(block[0]) <= left:
+                parts.append(self.blocks.popleft())
+                left -= len(block[0])
+            else:
+                parts.append(tuple(t[:left] for t in block))
+                self.blocks[0] = tuple(t[left:] for t in block)
+                left = 0
+        self.count -= rows
+        return parts[0] if len(parts) == 1 else tuple(torch.cat(field) for field in zip(*parts))
 
 
 class Window:
-    """How many batches to keep in flight. Fixed (`prefetch` > 0), or adaptive: enough batches to
-    cover one round trip with the caller's time per batch, ceil(rtt / step) + 1, from smoothed
-    measurements, at most `max_prefetch`. Either way the requests in flight stay within the
-    server's per-stream limit (`server_limit` requests; 0 = none)."""
+    """How many batches to keep in flight, and how many of them one request may carry (`merge`).
+
+    Fixed (`prefetch` > 0): that many batches, one per request at most. Adaptive: batches are merged
+    into requests of up to the server's preferred batch (at most half of `max_prefetch` batches),
+    and the window covers one round trip with the caller's time per batch plus one merged request,
+    ceil(rtt / step) + merge, from smoothed measurements, at most `max_prefetch`; merging shrinks
+    first when that cap binds. New batches are asked for only when a whole merged request fits.
+    Either way the requests in flight stay within the server's per-stream limit (`server_limit`
+    requests; 0 = none)."""
 
     SMOOTHING = 0.2
 
@@ -507,18 +548,30 @@ class Window:
         self.max_batches = max(1, prefetch or max_prefetch)
         self.server_limit = server_limit
         self.batches = prefetch or 2
+        self.merge = 1  # batches per request
+        self.max_merge = 1  # ... at most: the server's preferred batch in batches (adaptive only)
+        self.rows = 0  # rows of a batch, from the first one
         self.rtt: float | None = None
         self.step_seconds: float | None = None
 
-    def requests(self, open_batches) -> int:
-        """Requests that may be in flight: the window's batches, counted in their requests."""
-        parts = open_batches[0].parts if open_batches else 1
-        wanted = self.batches * parts
-        return min(wanted, self.server_limit) if self.server_limit else wanted
-
-    def round_trip(self, seconds: float) -> None:
-        self.rtt = smooth(self.rtt, seconds, self.SMOOTHING)
+    def batch_rows(self, rows: int, request_rows: int, preferred_rows: int) -> None:
+        """The caller's batch size, the rows one request may carry and the server's preferred batch."""
+        self.rows = max(1, rows)
+        if not self.fixed:
+            target = min(request_rows, preferred_rows) if preferred_rows else request_rows
+            self.max_merge = max(1, min(target // self.rows, self.max_batches // 2))
         self.resize()
+
+    def may_send(self, in_flight: int) -> bool:
+        return not self.server_limit or in_flight < self.server_limit
+
+    def round_trip(self, seconds: float, waited: bool = True) -> None:
+        """A request's time from sent to read. Read without waiting, the answer may have arrived any
+        time before (the caller was training on earlier batches): then it only bounds the round trip
+        from above, and lowers the estimate but never raises it."""
+        if waited or self.rtt is None or seconds < self.rtt:
+            self.rtt = smooth(self.rtt, seconds, self.SMOOTHING)
+            self.resize()
 
     def step(self, seconds: float) -> None:
         self.step_seconds = smooth(self.step_seconds, seconds, self.SMOOTHING)
@@ -527,8 +580,9 @@ class Window:
     def resize(self) -> None:
         if self.fixed or self.rtt is None or self.step_seconds is None:
             return
-        wanted = math.ceil(self.rtt / max(self.step_seconds, 1e-4)) + 1
-        self.batches = max(1, min(self.max_batches, wanted))
+        covered = math.ceil(self.rtt / max(self.step_seconds, 1e-4))  # batches trained during one round trip
+        self.merge = max(1, min(self.max_merge, self.max_batches - covered))
+        self.batches = max(1, min(self.max_batches, covered + self.merge))
 
 
 def smooth(previous: float | None, value: float, weight: float) -> float:

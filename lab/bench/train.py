@@ -132,13 +132,15 @@ def train_benchmark(model_name: str, *, batch_size: int, steps: int, warmup: int
             address = server.address
             guided(tmp / "S.pt", images, address, warmup, batch_size, prefetch)  # warm both sides
             # Alternate short rounds (supervised, guided, ...): drift in machine load hits both sides alike.
-            sup_runs, guided_runs, waits, reconnects, cpu_ratios = [], [], [], 0, []
+            sup_runs, guided_runs, waits, reconnects, cpu_ratios, cpu_ms, per_step = [], [], [], 0, [], [], []
             for _ in range(rounds):
                 rate, sup_cpu = supervised()
                 sup_runs.append(rate)
                 result, stats = guided(tmp / "S.pt", images, address, steps, batch_size, prefetch)
                 guided_runs.append(result.steps / result.seconds)
                 cpu_ratios.append(sup_cpu / stats["cpu_per_step"])
+                cpu_ms.append((1000 * sup_cpu, 1000 * stats["cpu_per_step"]))
+                per_step.append(stats["requests"] / max(1, result.steps))
                 waits.append((stats["wait_seconds"] / result.seconds, result.target_wait_seconds / result.seconds))
                 reconnects += stats["reconnects"]
         finally:
@@ -154,6 +156,10 @@ def train_benchmark(model_name: str, *, batch_size: int, steps: int, warmup: int
         # The trainer process's CPU per step, supervised / guided (gRPC client threads included): what the
         # guided step costs the device itself, whatever else runs on a shared machine.
         "cpu_guided_over_supervised": statistics.median(cpu_ratios),
+        "supervised_cpu_ms_per_step": statistics.median(c[0] for c in cpu_ms),
+        "guided_cpu_ms_per_step": statistics.median(c[1] for c in cpu_ms),
+        # Requests per training step: below 1 when the client merges batches up to the server's preferred batch.
+        "requests_per_step": statistics.median(per_step),
         "target_wait_fraction": statistics.median(w[0] for w in waits),
         "loop_wait_fraction": statistics.median(w[1] for w in waits), "rounds": rounds, "reconnects": reconnects,
         "peak_rss_mb": peak_rss_mb, "rss_before_training_mb": rss_before_mb,
@@ -171,7 +177,9 @@ def format_result(out: dict) -> str:
         f"{'supervised (labels)':<28}{sup:>10.2f}{1.0:>8.2f}",
         f"{'guided (live server)':<28}{guided_rate:>10.2f}{out['guided_over_supervised']:>8.2f}",
         f"guided/supervised per round: {', '.join(f'{r:.2f}' for r in ratios)} (median above); "
-        f"trainer CPU per step, supervised/guided: {out['cpu_guided_over_supervised']:.2f}",
+        f"trainer CPU per step, supervised/guided: {out['cpu_guided_over_supervised']:.2f} "
+        f"({out['supervised_cpu_ms_per_step']:.2f} / {out['guided_cpu_ms_per_step']:.2f} ms); "
+        f"requests per step {out['requests_per_step']:.2f}",
         f"waited for targets: {out['target_wait_fraction']:.1%} of guided time "
         f"(training loop blocked: {out['loop_wait_fraction']:.1%})",
         f"peak RSS {peak_rss_mb:.0f} MB ({rss_before_mb:.0f} MB already after importing torch and loading "
