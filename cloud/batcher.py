@@ -1,8 +1,10 @@
 """Dynamic batching: requests from every open stream merge into one teacher forward.
 
 Like Triton's dynamic batcher: a bounded queue, a largest batch and a longest queue delay. The
-oldest waiting request never waits more than `max_queue_delay_ms` for company; a full queue is
-refused (`QueueFull`) instead of growing memory.
+first request of a batch never waits more than `max_queue_delay_ms` for company; a full queue is
+refused (`QueueFull`) instead of growing memory. Requests wait in one queue per stream, and a batch
+takes them round robin, least recently served stream first: a stream that keeps many large requests
+queued delays another stream's request by about one batch, not by its whole backlog.
 
 The event loop only queues a request (a read-only view of its bytes) and, once per batch, hands
 the finished answers to the waiting streams. Everything else runs on one worker thread, so no
@@ -74,8 +76,10 @@ class DynamicBatcher:
         self.max_delay = max_queue_delay_ms / 1000.0
         self.max_queue_requests = max_queue_requests
         self.metrics = metrics
-        self.queue: collections.deque[Pending] = collections.deque()
-        self.arrived = threading.Condition()  # guards queue and stopping; notified on every request and on stop
+        # Waiting requests per stream, least recently served stream first (round robin).
+        self.queues: collections.OrderedDict[object, collections.deque[Pending]] = collections.OrderedDict()
+        self.waiting = 0  # requests in all queues
+        self.arrived = threading.Condition()  # guards the queues and stopping; notified on every request and on stop
         self.stopping = False
         self.loop: asyncio.AbstractEventLoop | None = None
         # One thread: the teacher is one model; a second thread would only contend for the same cores.
@@ -85,16 +89,22 @@ class DynamicBatcher:
         self.loop = asyncio.get_running_loop()
         self.worker.start()
 
-    def submit_nowait(self, request_id: int, images: np.ndarray, target_dtype: torch.dtype) -> asyncio.Future:
-        """Queue a request (on the event loop); the future resolves to its `Answer`. Raises QueueFull."""
+    def submit_nowait(self, request_id: int, images: np.ndarray, target_dtype: torch.dtype,
+                      stream: object = None) -> asyncio.Future:
+        """Queue a request of `stream` (any hashable key; on the event loop); the future resolves to
+        its `Answer`. Raises QueueFull."""
         future = self.loop.create_future()
         with self.arrived:
             if self.stopping:
                 raise BatcherStopped("the server is shutting down")
-            if len(self.queue) >= self.max_queue_requests:
+            if self.waiting >= self.max_queue_requests:
                 raise QueueFull(f"the server's request queue is full ({self.max_queue_requests} requests waiting); "
                                 "retry later or send fewer requests at once")
-            self.queue.append(Pending(request_id, images, target_dtype, future))
+            queue = self.queues.get(stream)
+            if queue is None:
+                queue = self.queues[stream] = collections.deque()
+            queue.append(Pending(request_id, images, target_dtype, future))
+            self.waiting += 1
             self.arrived.notify()
         return future
 
@@ -108,29 +118,49 @@ class DynamicBatcher:
                 self.compute(live)
 
     def collect(self) -> list[Pending] | None:
-        """The next batch: wait for a first request, then add more until the batch is full or the
-        first one has waited `max_queue_delay_ms`. None once stopped with nothing left."""
+        """The next batch: wait for a first request, then add more, one per stream in turn, until the
+        batch is full or the first one has waited `max_queue_delay_ms`. None once stopped with
+        nothing left."""
         with self.arrived:
-            while not self.queue:
+            while not self.waiting:
                 if self.stopping:
                     return None
                 self.arrived.wait()
-            first = self.queue.popleft()
-            batch, samples = [first], first.size
-            deadline = first.enqueued + self.max_delay
+            batch: list[Pending] = []
+            samples = 0
             while samples < self.max_batch_size:
-                if self.queue:
-                    if samples + self.queue[0].size > self.max_batch_size:
-                        break  # requests are never split: it opens the next batch
-                    item = self.queue.popleft()
-                    batch.append(item)
-                    samples += item.size
+                taken = self.take_round(batch, self.max_batch_size - samples)
+                samples += sum(p.size for p in taken)
+                if taken:
                     continue
-                left = deadline - time.perf_counter()
+                if self.waiting:
+                    break  # no waiting request fits: requests are never split, the next batch takes them
+                left = batch[0].enqueued + self.max_delay - time.perf_counter()
                 if left <= 0 or self.stopping:
                     break
                 self.arrived.wait(left)
             return batch
+
+    def take_round(self, batch: list[Pending], room: int) -> list[Pending]:
+        """One round: the head request of each stream that fits in `room` samples, least recently
+        served stream first (the first request of a batch is taken whatever its size)."""
+        taken = []
+        for stream in list(self.queues):
+            queue = self.queues[stream]
+            if queue[0].size > room and (batch or taken):
+                continue
+            item = queue.popleft()
+            taken.append(item)
+            room -= item.size
+            self.waiting -= 1
+            if queue:
+                self.queues.move_to_end(stream)  # served: to the back of the round
+            else:
+                del self.queues[stream]
+            if room <= 0:
+                break
+        batch.extend(taken)
+        return taken
 
     def compute(self, batch: list[Pending]) -> None:
         started = time.perf_counter()

@@ -373,7 +373,7 @@ class GuidanceServicer(guidance_pb2_grpc.GuidanceServicer):
                                        f"requests in flight and this one needs {cost} more, beyond its budget "
                                        f"(server.max_inflight_bytes = {self.budget.limit}); retry shortly")
                 try:
-                    future = self.batcher.submit_nowait(request.request_id, images, target_dtype)
+                    future = self.batcher.submit_nowait(request.request_id, images, target_dtype, stream=watch)
                 except (QueueFull, BatcherStopped) as exc:
                     self.budget.release(cost)
                     if isinstance(exc, BatcherStopped):

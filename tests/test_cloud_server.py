@@ -1,6 +1,7 @@
 """The guidance server end to end: a real grpc.aio server on 127.0.0.1 (ephemeral port), real clients."""
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import urllib.request
@@ -12,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from support.servers import make_teacher, running_server
 
+from lnpt.cloud.batcher import DynamicBatcher
 from lnpt.lab.testing.faults import varint
 
 from lnpt.shared.codec import decode, encode
@@ -175,6 +177,31 @@ def malformed_cases(teacher: Teacher):
          invalid, "images carries unknown field number(s) [10]"),
         ("not a TargetsRequest", b"\xff\xff\xff", invalid, "Wire format was corrupt"),
     ]
+
+
+def test_a_streams_backlog_delays_another_stream_by_about_one_batch(teacher):
+    """Round robin over streams: 20 full batches queued by one stream, then one small request of
+    another; first come first served would answer the small one last."""
+    async def answer_order() -> list[str]:
+        batcher = DynamicBatcher(teacher, max_batch_size=64, max_queue_delay_ms=0, max_queue_requests=100)
+        batcher.start()
+        order: list[str] = []
+        futures = []
+        for i in range(20):
+            futures.append(batcher.submit_nowait(i, pixels(64, i).numpy(), torch.float16, stream="flood"))
+            futures[-1].add_done_callback(lambda _, i=i: order.append(f"flood {i}"))
+        futures.append(batcher.submit_nowait(99, pixels(4, 99).numpy(), torch.float16, stream="small"))
+        futures[-1].add_done_callback(lambda _: order.append("small"))
+        answers = await asyncio.gather(*futures)
+        await batcher.stop()
+        assert [a.response.request_id for a in answers] == [*range(20), 99]
+        torch.testing.assert_close(decode(answers[-1].response.logits).float(),
+                                   teacher.targets(pixels(4, 99))[1], rtol=2e-3, atol=2e-3)
+        return order
+
+    order = asyncio.run(answer_order())
+    assert order.index("small") <= 3  # behind the batch computing and the next one, not behind all 20
+    assert [name for name in order if name != "small"] == [f"flood {i}" for i in range(20)]  # each stream in order
 
 
 def test_malformed_requests_end_only_their_own_stream(teacher_path, teacher):
