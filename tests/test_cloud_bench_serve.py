@@ -32,6 +32,8 @@ def test_bench_serve_json_has_the_scale_curve_memory_and_profile():
         assert p["server_ms"] <= 1.05 * p["request_ms"], (streams, p)
         if streams in ("16", "64"):  # ... and under load the stages account for nearly all of it
             assert p["server_ms"] >= 0.8 * p["request_ms"], (streams, p)
+    floor = result["grpc_floor"]  # gRPC alone on the server core: the cost any Python gRPC server pays
+    assert floor["cpu_ms_per_request"] > 0 and floor["requests_per_s"] > 0 and 0 < floor["ceiling_ratio"] < 1
     wire = result["wire_bytes_per_sample"]
     assert 3.9 < wire["request_float32_over_uint8"] <= 4.0  # float32 pixels cost 4x uint8 on the wire
     assert wire["response_float16"] < wire["response_float32"]

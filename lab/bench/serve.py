@@ -12,7 +12,12 @@ Measured side by side on the same machine:
   per sample for uint8 vs float32 images and float16 vs float32 targets;
 - with `--profile`: where a request's time goes, from the server's own counters
   (lnpt_request_stage_seconds: decode, queue, forward, encode, reply_wait, send) beside the
-  latency the clients measured; `transport_ms` is the rest (gRPC and the socket, both ways).
+  latency the clients measured; `transport_ms` is the rest (gRPC and the socket, both ways); the
+  server's CPU per request by thread (lnpt-teacher: collect, forward, encode; the event loop:
+  gRPC's reads and writes and the service's bookkeeping); and `grpc_floor`: the CPU per request of
+  a bare grpc.aio server on the same core answering the same requests with a canned response (no
+  teacher, no service), so `ceiling_ratio` = raw forward / (raw forward + gRPC's floor) per request
+  says how close to raw any Python gRPC server can get at this request size.
 The teacher is `--checkpoint`, or an untrained `--model` (default resnet20, 32x32 RGB; lenet5 is
 28x28 grey): throughput does not depend on the weights. Target: served >= 0.9x raw samples/s with
 16 streams (`ratio_16_streams`).
@@ -124,6 +129,71 @@ def measure_raw(checkpoint: str, batch: int, seconds: float, warmup: float) -> d
 
 def single_thread_env() -> dict:
     return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+
+# --- gRPC alone (runs in a pinned subprocess: `python -m lnpt.lab.bench.serve echo ...`) ------------------
+
+def echo_server(port: int, response: bytes) -> None:
+    """A grpc.aio StreamTargets on the server core that parses each request and answers it with the
+    same pre-encoded response: what gRPC costs per request without a teacher or the service."""
+    import grpc
+
+    from lnpt.cloud.server import channel_options
+    from lnpt.shared.protocol import guidance_pb2 as pb
+
+    pin(SERVER_CORE)
+
+    async def stream(requests, context):
+        async for _ in requests:
+            yield response
+
+    async def main() -> None:
+        server = grpc.aio.server(options=channel_options(64 * 1024 * 1024))
+        handler = grpc.stream_stream_rpc_method_handler(stream, request_deserializer=pb.TargetsRequest.FromString)
+        name = pb.DESCRIPTOR.services_by_name["Guidance"].full_name
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, {"StreamTargets": handler}),))
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        print("serving", flush=True)
+        await server.wait_for_termination()
+
+    asyncio.run(main())
+
+
+def canned_response(rows: int, feature_dim: int, num_classes: int) -> bytes:
+    """A TargetsResponse as the server sends it for `rows` images (float16 targets)."""
+    import torch
+
+    from lnpt.shared.codec import encode
+    from lnpt.shared.protocol import guidance_pb2 as pb
+
+    return pb.TargetsResponse(request_id=1, features=encode(torch.zeros(rows, feature_dim, dtype=torch.float16)),
+                              logits=encode(torch.zeros(rows, num_classes, dtype=torch.float16)),
+                              teacher_id="teacher", teacher_version="0123456789abcdef").SerializeToString()
+
+
+def grpc_floor(images, response: bytes, streams: int, window: int, seconds: float, warmup: float) -> dict:
+    """Server CPU per request of `echo_server` under the load of the served setting."""
+    from lnpt.cloud.process import free_port
+
+    port = free_port()
+    with tempfile.NamedTemporaryFile(suffix=".bin") as canned:
+        canned.write(response)
+        canned.flush()
+        echo = subprocess.Popen([sys.executable, "-m", "lnpt.lab.bench.serve", "echo", str(port), canned.name],
+                                stdout=subprocess.PIPE, text=True, env=single_thread_env())
+        try:
+            if echo.stdout.readline().strip() != "serving":
+                raise RuntimeError("the bare gRPC server did not start")
+            run = asyncio.run(drive(f"127.0.0.1:{port}", streams, images, seconds, warmup, window,
+                                    server_pid=echo.pid))
+        finally:
+            echo.kill()
+            echo.wait()
+    per_request = int(images.shape[0])
+    cpu_s_per_sample = 1.0 / run["samples_per_server_cpu_s"] if run.get("samples_per_server_cpu_s") else float("nan")
+    return {"streams": streams, "window": window, "requests_per_s": run["samples_per_s"] / per_request,
+            "cpu_ms_per_request": 1000 * cpu_s_per_sample * per_request}
 
 
 # --- served ------------------------------------------------------------------------------------------
@@ -371,6 +441,7 @@ def benchmark(checkpoint: str | None, batch: int, seconds: float, warmup: float,
         images = encode(torch.randint(0, 256, (per_request, *record.input_spec.shape), dtype=torch.uint8))
         server = start_server(checkpoint, batch, Path(tmp) / "serve.log")
         served = {}
+        floor = None
         try:
             info = teacher_info(server.address)
             # Warm the server first (allocator, first forwards), so memory per stream is the streams' own.
@@ -381,6 +452,9 @@ def benchmark(checkpoint: str | None, batch: int, seconds: float, warmup: float,
                     server_pid=server.process.pid, metrics_port=server.metrics_port if with_profile else None))
         finally:
             server.terminate()
+        if with_profile:  # gRPC alone under the 16-stream load, answering with a response of the served size
+            response = canned_response(per_request, net.feature_dim, net.num_classes)
+            floor = grpc_floor(images, response, 16, served["16"]["window"], seconds / 2, warmup / 2)
         raw_runs.append(measure_raw(checkpoint, batch, seconds / 2, warmup))
     raw = max(raw_runs, key=lambda run: run["samples_per_s"])
     result = {
@@ -395,6 +469,11 @@ def benchmark(checkpoint: str | None, batch: int, seconds: float, warmup: float,
     }
     raw_cpu = max(run["samples_per_cpu_s"] for run in raw_runs)
     result["raw_samples_per_cpu_s"] = raw_cpu
+    if floor is not None:
+        raw_ms = 1000 * per_request / raw_cpu  # the teacher's own CPU per request, at batch B
+        floor["raw_forward_cpu_ms_per_request"] = raw_ms
+        floor["ceiling_ratio"] = raw_ms / (raw_ms + floor["cpu_ms_per_request"])
+        result["grpc_floor"] = floor
     for streams in STREAM_COUNTS:
         key = f"ratio_{streams}_stream" + ("s" if streams > 1 else "")
         result[key] = served[str(streams)]["samples_per_s"] / raw["samples_per_s"]
@@ -430,6 +509,12 @@ def table(r: dict) -> str:
                 + f"; mean batch {p.get('mean_batch', 0):.1f}, forward/batch {p.get('forward_per_batch_ms', 0):.2f} ms; "
                 "server CPU ms per request by thread: "
                 + ", ".join(f"{name} {ms:.3f}" for name, ms in p.get("cpu_ms_per_request", {}).items()))
+    f = r.get("grpc_floor")
+    if f:
+        lines.append(f"gRPC alone (bare grpc.aio server, canned answers, {f['streams']} streams): "
+                     f"{f['cpu_ms_per_request']:.3f} ms of server CPU per request vs the raw forward's "
+                     f"{f['raw_forward_cpu_ms_per_request']:.3f} ms: served/raw can reach at most "
+                     f"{f['ceiling_ratio']:.2f} at {r['request_batch']} images per request")
     w = r["wire_bytes_per_sample"]
     lines += [
         f"request bytes/sample: uint8 {w['request_uint8']:.0f}, float32 {w['request_float32']:.0f} "
@@ -450,3 +535,5 @@ def run(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__" and len(sys.argv) == 6 and sys.argv[1] == "raw":
     print(json.dumps(raw_forward(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))))
+if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "echo":
+    echo_server(int(sys.argv[2]), Path(sys.argv[3]).read_bytes())
