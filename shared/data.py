@@ -18,8 +18,8 @@ from typing import Iterable, Iterator, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from lnpt.shared.images import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, BadFiles, DataError, DecodedFiles,
-                                check_readable, scan_images, stream_batches)
+from lnpt.shared.images import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, BadFiles, BatchStream, DataError,
+                                DecodedFiles, check_readable, scan_images)
 from lnpt.shared.preprocess import Preprocess
 from lnpt.shared.models import InputSpec
 
@@ -142,6 +142,7 @@ class UnlabeledImageFolder:
         self.report = BadFiles(on_bad_file, str(self.root))
         self.decoded = DecodedFiles(self.files, self.preprocess, max_pixels)
         check_readable(self.decoded, self.report, self.root)
+        self.stream = BatchStream(self.decoded, self.report, workers)  # its workers serve every epoch
 
     @classmethod
     def from_config(cls, root: str | os.PathLike, spec: InputSpec | Preprocess, data) -> "UnlabeledImageFolder":
@@ -162,7 +163,7 @@ class UnlabeledImageFolder:
 
     def batches(self, index_batches: Iterable[torch.Tensor | Sequence[int]]) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """(position, kept indices, uint8 (N, C, H, W)) for each index batch, decoded by the workers."""
-        return stream_batches(self.decoded, index_batches, self.report, self.workers)
+        return self.stream(index_batches)
 
     def take(self, indices: Sequence[int], batch_size: int = 256) -> torch.Tensor:
         """The good images among `indices` as one uint8 tensor (bad files follow the policy)."""

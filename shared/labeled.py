@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lnpt.shared.images import (DEFAULT_MAX_PIXELS, BadFiles, BadImage, DataError, ImageList, check_readable,
-                                decode_file, scan_images, stream_batches)
+from lnpt.shared.images import (DEFAULT_MAX_PIXELS, BadFiles, BadImage, BatchStream, DataError, ImageList,
+                                check_readable, decode_file, scan_images)
 from lnpt.shared.preprocess import Preprocess
 
 
@@ -38,12 +38,13 @@ class LabeledImages(Dataset):
         self.classes = list(classes)
         self.preprocess, self.workers, self.max_pixels = preprocess, workers, max_pixels
         self.report = BadFiles(on_bad_file, name)
+        self.stream = BatchStream(self, self.report, workers)  # its workers serve every epoch
         if len(self.labels) == 0:
             raise DataError(f"{name}: no labeled images")
         if check:
             check_readable(self, self.report, name)
 
-    # --- the dataset protocol used by lnpt.shared.images.stream_batches --------------------------
+    # --- the dataset protocol used by lnpt.shared.images.BatchStream -----------------------------
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -66,7 +67,7 @@ class LabeledImages(Dataset):
 
     def batches(self, index_batches: Iterable[Sequence[int] | torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(kept indices, uint8 images, int64 labels) per index batch; bad files follow the policy."""
-        for _, indices, images in stream_batches(self, index_batches, self.report, self.workers):
+        for _, indices, images in self.stream(index_batches):
             yield indices, images, torch.from_numpy(self.labels[indices.numpy()])
 
     def in_order(self, batch_size: int = 256) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
