@@ -1,4 +1,5 @@
-"""`lnpt demo`: the whole LNPT job end to end on real Fashion-MNIST, on one machine.
+"""`lnpt demo`: the whole LNPT job end to end on one machine, on real Fashion-MNIST (the default) or
+on the ELPV solar-cell images (`--dataset elpv`).
 
 Stages (each shows progress; a finished stage is reused on the next run unless --fresh):
   1. teacher   train a mature teacher with labels (the cloud's job)
@@ -6,12 +7,24 @@ Stages (each shows progress; a finished stage is reused on the next run unless -
   3. images    write the training images as an unlabeled folder of PNG files (the edge's data)
   4. job       start `lnpt serve` as a separate process on loopback with TLS and the token, then the
                edge job exactly as a device runs it (`lnpt.edge.run_edge_job`, `lnpt edge run`): a fresh
-               student pruned with the LNPT score through the server (90% sparsity), label-free guided
-               training against the streamed targets, a sparse ONNX file verified in ONNX Runtime
+               student pruned with the LNPT score through the server, label-free guided training
+               against the streamed targets, a sparse ONNX file verified in ONNX Runtime
   5. evaluate  accuracy on the real test set (labels read only here), learning gap before/after
   6. shutdown  SIGTERM to the server: it drains and must exit with code 0
   7. export    the dense ONNX file beside the sparse one; accuracy and latency of both measured
   8. report    print the summary, write report.md with the training curves and density chart
+
+With --dataset elpv (2,624 real 300 x 300 grey electroluminescence images of solar cells, four
+defect classes; installed from PyPI with `pip install --no-deps elpv-dataset`, CC BY-NC-SA 4.0):
+  images (first) the seeded stratified split: labeled cloud set, unlabeled edge set, held-out test
+                 set (lnpt.shared.elpv.prepare_elpv, as `lnpt data prepare elpv`)
+  teacher        torchvision:resnet18 trained with the cloud set's labels, 15 % of it held out for
+                 validation; its accuracy on the held-out test set is measured too
+  job, evaluate  as above, on the unlabeled edge folder; evaluated on the held-out test folder
+  supervised     the same pruned student trained with the edge set's labels, for comparison
+                 (lnpt.lab.supervised.train_supervised, as docs/recipes/elpv.sh does)
+  export         verified on edge images (no labels); sizes and latency
+The ELPV defaults finish in about half an hour on 2 CPU cores (docs/RESULTS.md, section ELPV).
 Every number in the summary and report comes from the library calls of this run.
 """
 from __future__ import annotations
@@ -31,11 +44,22 @@ from lnpt.shared.cli import add_format_option
 from lnpt.shared.errors import LnptError
 
 STAGES = ("teacher", "tls", "images", "job", "evaluate", "shutdown", "export", "report")
+ELPV_STAGES = ("images", "teacher", "tls", "job", "evaluate", "shutdown", "supervised", "export", "report")
+DATASETS = ("fashion-mnist", "elpv")
 MARKER = ".lnpt-demo"  # only a folder holding this marker is ever deleted by --fresh
+FASHION_FIELDS = ("teacher_images", "train_images", "test_images")  # counts of Fashion-MNIST images
+ELPV_FIELDS = ("dataset", "size", "elpv_images")  # not in Fashion-MNIST's key, so its earlier runs are reused
+# ELPV's teacher recipe (docs/recipes/elpv.sh): SGD 0.02 in batches of 64 suits a resnet18 from random
+# initialisation on ~900 images; 15 % of the cloud set, stratified, is the validation split.
+ELPV_TEACHER = {"batch_size": 64, "lr": 0.02}
+ELPV_VAL_FRACTION = 0.15
 
 
 @dataclass
 class DemoSettings:
+    """What one demo run does. `for_dataset` gives each data set's defaults; fields that do not apply
+    to the chosen data set (FASHION_FIELDS, ELPV_FIELDS) must keep their defaults."""
+
     out: Path = Path("runs/demo")
     teacher_model: str = "lenet5"
     teacher_epochs: int = 15
@@ -46,39 +70,82 @@ class DemoSettings:
     epochs: int = 8
     test_images: int = 10000
     threads: int = 2
+    dataset: str = "fashion-mnist"  # or "elpv"
+    size: int = 0  # ELPV: input side in pixels (the images are 300 x 300)
+    elpv_images: int = 0  # ELPV: a seeded stratified subset of this many images before the split; 0 = all 2,624
+
+    @classmethod
+    def for_dataset(cls, dataset: str = "fashion-mnist", **overrides: Any) -> "DemoSettings":
+        """The defaults of `dataset` with `overrides` (field name -> value; None = the default)."""
+        if dataset not in DATASETS:
+            raise DemoError(f"unknown demo dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+        # ELPV, measured on the shared 2-core machine (load ~4): a resnet18 epoch on the 892 training
+        # images took 43-60 s at 64 px and 125 s at 96 px. At 64 px, 10 epochs reached 65.0 % on the
+        # validation split (its majority class: 57.3 %) and leave room for the student in ~30 minutes;
+        # 96 px would spend ~21 of them on the teacher alone.
+        defaults = {} if dataset == "fashion-mnist" else dict(
+            out=Path("runs/demo-elpv"), teacher_model="torchvision:resnet18", teacher_epochs=10,
+            student_model="torchvision:mobilenet_v3_small", sparsity=0.5, epochs=6,
+            train_images=0, test_images=0, size=64)
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return cls(**{**defaults, **given, "dataset": dataset})
+
+    def __post_init__(self) -> None:
+        default = DemoSettings.__dataclass_fields__
+        if self.dataset not in DATASETS:
+            raise DemoError(f"unknown demo dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        if self.dataset == "fashion-mnist":
+            unused = [k for k in ELPV_FIELDS if getattr(self, k) != default[k].default]
+        else:
+            unused = [k for k in FASHION_FIELDS if getattr(self, k) != 0]
+            if self.size < 8:
+                raise DemoError(f"--size {self.size}: the ELPV demo needs an input side of at least 8 px")
+        if unused:
+            flag = "--" + unused[0].replace("_", "-")
+            raise DemoError(f"{flag} does not apply to --dataset {self.dataset}: it would be ignored")
 
     def key(self) -> dict[str, Any]:
         """What the stages' results depend on; a change invalidates reused results."""
-        return {k: v for k, v in asdict(self).items() if k not in ("out", "threads")}
+        unused = ("out", "threads") + (ELPV_FIELDS if self.dataset == "fashion-mnist" else ())
+        return {k: v for k, v in asdict(self).items() if k not in unused}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    defaults = DemoSettings()
+    defaults, elpv = DemoSettings(), DemoSettings.for_dataset("elpv")
+
+    def both(field: str) -> str:
+        return f"(default {getattr(defaults, field)}; ELPV {getattr(elpv, field)})"
+
     parser = sub.add_parser(
-        "demo", help="run the whole LNPT job end to end on real Fashion-MNIST (no flags needed)",
+        "demo", help="run the whole LNPT job end to end on real Fashion-MNIST or ELPV images (no flags needed)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=defaults.out, help=f"output folder (default {defaults.out})")
+    parser.add_argument("--dataset", choices=DATASETS, default="fashion-mnist",
+                        help="fashion-mnist (default) or elpv: solar-cell images, installed with pip --no-deps")
+    parser.add_argument("--out", type=Path, help=f"output folder {both('out')}")
     parser.add_argument("--fresh", action="store_true", help="rebuild everything instead of reusing earlier stages")
-    parser.add_argument("--teacher-model", default=defaults.teacher_model, help="teacher architecture")
-    parser.add_argument("--teacher-epochs", type=int, default=defaults.teacher_epochs, help="teacher training epochs")
-    parser.add_argument("--teacher-images", type=int, default=defaults.teacher_images,
-                        help="labeled training images for the teacher (0 = all 60000)")
-    parser.add_argument("--student-model", default=defaults.student_model, help="student architecture")
-    parser.add_argument("--sparsity", type=float, default=defaults.sparsity, help="fraction of weights pruned")
-    parser.add_argument("--train-images", type=int, default=defaults.train_images,
-                        help="training images written to the unlabeled folder (0 = all 60000)")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="guided training epochs")
-    parser.add_argument("--test-images", type=int, default=defaults.test_images,
-                        help="test images for evaluation (0 = all 10000)")
-    parser.add_argument("--threads", type=int, default=defaults.threads, help="torch threads on the edge side")
+    parser.add_argument("--teacher-model", help=f"teacher architecture {both('teacher_model')}")
+    parser.add_argument("--teacher-epochs", type=int, help=f"teacher training epochs {both('teacher_epochs')}")
+    parser.add_argument("--teacher-images", type=int,
+                        help="Fashion-MNIST: labeled training images for the teacher (default 0 = all 60000)")
+    parser.add_argument("--student-model", help=f"student architecture {both('student_model')}")
+    parser.add_argument("--sparsity", type=float, help=f"fraction of weights pruned {both('sparsity')}")
+    parser.add_argument("--train-images", type=int,
+                        help=f"Fashion-MNIST: training images written to the unlabeled folder "
+                             f"(default {defaults.train_images}; 0 = all 60000)")
+    parser.add_argument("--epochs", type=int, help=f"guided training epochs {both('epochs')}")
+    parser.add_argument("--test-images", type=int,
+                        help=f"Fashion-MNIST: test images for evaluation (default {defaults.test_images}; 0 = all)")
+    parser.add_argument("--size", type=int, help=f"ELPV: input side in pixels (default {elpv.size})")
+    parser.add_argument("--elpv-images", type=int,
+                        help="ELPV: a seeded stratified subset of this many images before the split (default 0 = all)")
+    parser.add_argument("--threads", type=int, help=f"torch threads on the edge side (default {defaults.threads})")
     add_format_option(parser)
     parser.set_defaults(handler=run_demo)
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    settings = DemoSettings(args.out, args.teacher_model, args.teacher_epochs, args.teacher_images,
-                            args.student_model, args.sparsity, args.train_images, args.epochs, args.test_images,
-                            args.threads)
+    fields = [f for f in DemoSettings.__dataclass_fields__ if f != "dataset"]
+    settings = DemoSettings.for_dataset(args.dataset, **{f: getattr(args, f) for f in fields})
     summary = Demo(settings, fresh=args.fresh).run()
     if args.format == "json":
         print(json.dumps(summary))
@@ -96,6 +163,8 @@ class Demo:
         (self.out / MARKER).touch()
         self.results: dict[str, Any] = {}
         self.server = None
+        self.elpv = settings.dataset == "elpv"
+        self.stages = ELPV_STAGES if self.elpv else STAGES
 
     # --- paths -------------------------------------------------------------------------------
 
@@ -114,14 +183,14 @@ class Demo:
         """Run a stage once; its result dict is saved (atomically) and reused next time."""
         from lnpt.shared.files import atomic_write
 
-        number = STAGES.index(name) + 1
+        number = self.stages.index(name) + 1
         record_path = self.path(f"stages/{name}.json")
         if self.stage_done(name):
             self.results[name] = json.loads(record_path.read_text())["result"]
-            self.log(f"[{number}/{len(STAGES)}] {name}: reusing the result in {record_path}")
+            self.log(f"[{number}/{len(self.stages)}] {name}: reusing the result in {record_path}")
             yield None  # type: ignore[misc]
             return
-        self.log(f"[{number}/{len(STAGES)}] {name} ...")
+        self.log(f"[{number}/{len(self.stages)}] {name} ...")
         started = time.perf_counter()
         result: dict[str, Any] = {}
         yield result
@@ -129,7 +198,7 @@ class Demo:
         self.results[name] = result
         text = json.dumps({"settings": self.s.key(), "result": result}, indent=2, default=str)
         atomic_write(record_path, lambda f: f.write(text.encode()))
-        self.log(f"[{number}/{len(STAGES)}] {name} done in {result['seconds']} s")
+        self.log(f"[{number}/{len(self.stages)}] {name} done in {result['seconds']} s")
 
     # --- the job -----------------------------------------------------------------------------
 
@@ -139,16 +208,22 @@ class Demo:
         from lnpt.shared.data import prepare_fashion_mnist
 
         torch.set_num_threads(self.s.threads)
-        prepare_fashion_mnist()
         started = time.perf_counter()
+        if self.elpv:
+            self.split_elpv()  # the teacher trains on the split's labeled cloud set
+        else:
+            prepare_fashion_mnist()
         self.train_teacher()
         self.make_tls()
-        self.write_images()
+        if not self.elpv:
+            self.write_images()
         try:
             self.edge_job()
             self.evaluate()
         finally:
             self.stop_server()
+        if self.elpv:
+            self.train_supervised()
         self.export()
         summary = self.report(time.perf_counter() - started)
         return summary
@@ -157,15 +232,27 @@ class Demo:
         with self.stage("teacher") as result:
             if result is None:
                 return
-            from lnpt.cloud import train_teacher
+            from lnpt.cloud import evaluate_checkpoint, train_teacher
             from lnpt.shared.config import Config, updated
 
             config = updated(Config(), "teacher", model=self.s.teacher_model, epochs=self.s.teacher_epochs,
                              train_samples=self.s.teacher_images)
+            labeled = {}
+            if self.elpv:
+                config = updated(config, "teacher", **ELPV_TEACHER)
+                config = updated(config, "data", channels=1, size=self.s.size)
+                labeled = {"data": self.results["images"]["cloud"], "val_fraction": ELPV_VAL_FRACTION}
             # The stage record decides what is redone: an unrecorded teacher file is a leftover.
-            trained = train_teacher(config, str(self.path("teacher.pt")), device="cpu", overwrite=True)
+            trained = train_teacher(config, str(self.path("teacher.pt")), device="cpu", overwrite=True, **labeled)
             result.update(path=trained["path"], arch=trained["arch"], version=trained["version"],
                           test_accuracy=trained["test_accuracy"], history=trained["history"])
+            if self.elpv:  # validated on the held-out part of the cloud set; the test folder is measured once, here
+                tested = evaluate_checkpoint(trained["path"], data=self.results["images"]["test"], config=config.data)
+                val = trained["val_data"]
+                result.update(val_accuracy=trained["test_accuracy"], val_samples=val["images"],
+                              train_samples=trained["train_samples"], test_accuracy=tested["test_accuracy"],
+                              test_samples=tested["samples"], preprocess=trained["preprocess"],
+                              bad_files=trained["data"]["bad_files"] + val["bad_files"] + tested["bad_files"])
 
     def make_tls(self) -> None:
         with self.stage("tls") as result:
@@ -196,6 +283,18 @@ class Demo:
             images = images[: self.s.train_images or len(images)]
             write_image_folder(images, folder, progress=True)
             result.update(folder=str(folder), count=len(images))
+
+    def split_elpv(self) -> None:
+        with self.stage("images") as result:
+            if result is None:
+                return
+            from lnpt.shared.elpv import prepare_elpv
+
+            split = prepare_elpv(self.path("elpv"), seed=0, limit=self.s.elpv_images)  # installs ELPV when missing
+            edge = self.path("elpv/edge")
+            result.update(folder=str(edge), count=sum(split["counts"]["edge"].values()), counts=split["counts"],
+                          cloud=str(self.path("elpv/cloud")), test=str(self.path("elpv/test")),
+                          edge_labels=str(self.path("elpv/edge_labels.csv")), licence=split["licence"])
 
     def start_server(self) -> str:
         """Start the TLS + token server once, as a separate `lnpt serve` process; returns its address."""
@@ -251,13 +350,15 @@ class Demo:
 
             job = run_edge_job(config, progress=sys.stderr.isatty(), train_log=record,
                                log=lambda line: self.log(f"  {line}"))
-            before = evaluate(job.student, limit=self.s.test_images, teacher=address, config=config)
+            before = evaluate(job.student, self.test_images(), limit=self.s.test_images, teacher=address,
+                              config=config)
             prune, train = job.prune.report, job.train
             result.update(stages=job.stages, student=str(job.student), trained=str(job.trained), onnx=str(job.onnx),
                           sparsity=prune["sparsity"], chart=prune["chart"], density_per_layer=prune["density_per_layer"],
                           score_seconds=prune.get("score_seconds"), before=before.to_dict(), steps=train.steps,
                           seconds_training=train.seconds, target_wait_seconds=train.target_wait_seconds,
-                          target_wait_fraction=train.target_wait_fraction, final_loss=train.final_loss, curve=curve)
+                          target_wait_fraction=train.target_wait_fraction, final_loss=train.final_loss,
+                          data_stats=train.data_stats, curve=curve)
 
     def evaluate(self) -> None:
         """Accuracy on the real test set (labels read here only), agreement and learning gap vs the teacher."""
@@ -267,24 +368,48 @@ class Demo:
             from lnpt.edge import evaluate
 
             address = self.start_server()
-            after = evaluate(self.results["job"]["trained"], limit=self.s.test_images, teacher=address,
-                             config=self.edge_config(address))
+            after = evaluate(self.results["job"]["trained"], self.test_images(), limit=self.s.test_images,
+                             teacher=address, config=self.edge_config(address))
             result.update(after.to_dict())
+
+    def test_images(self) -> str | None:
+        """The labeled test set: ELPV's held-out test folder, or None for Fashion-MNIST's test set."""
+        return self.results["images"]["test"] if self.elpv else None
+
+    def train_supervised(self) -> None:
+        """The same pruned student trained with the edge set's labels, for comparison (ELPV)."""
+        with self.stage("supervised") as result:
+            if result is None:
+                return
+            from lnpt.lab.supervised import train_supervised
+            from lnpt.shared.config import Config
+
+            images = self.results["images"]  # the [train] recipe of the label-free run, with labels instead
+            result.update(train_supervised(self.results["job"]["student"], images["edge_labels"], images["test"],
+                                           epochs=self.s.epochs, config=Config()))
 
     def export(self) -> None:
         with self.stage("export") as result:
             if result is None:
                 return
-            from lnpt.edge import export
+            from lnpt.edge import Student, export
+            from lnpt.edge.onnx.latency import LatencySettings, side_by_side
 
-            for storage in ("dense", "sparse"):  # the job's own file is sparse; both here, with accuracy
+            # Fashion-MNIST: accuracy of both files on its test set; ELPV: verified on edge images only
+            check = ({"samples": self.results["images"]["folder"]} if self.elpv
+                     else {"eval_fashion_mnist": self.s.test_images})
+            for storage in ("dense", "sparse"):  # the job's own file is sparse; both here
                 out = self.path(f"student-{storage}.onnx")
                 exported = export(self.results["job"]["trained"], out, storage=storage, overwrite=True,
-                                  eval_fashion_mnist=self.s.test_images,
-                                  progress=lambda line: self.log(f"  {storage}: {line}"))
+                                  progress=lambda line: self.log(f"  {storage}: {line}"), **check)
                 result[storage] = {"path": str(out), "bytes": exported.bytes, "gzip_bytes": exported.gzip_bytes,
-                                   "max_abs_diff": exported.max_abs_diff, "accuracy": exported.accuracy,
-                                   "latency_ms_b1": onnx_latency_ms(out)}
+                                   "max_abs_diff": exported.max_abs_diff, "accuracy": exported.accuracy}
+            # Batch 1, one ONNX Runtime thread, both files in interleaved rounds (lnpt.edge.onnx.latency)
+            shape = Student.load(self.results["job"]["trained"]).input_spec.shape
+            timed = side_by_side({k: result[k]["path"] for k in ("dense", "sparse")}, shape,
+                                 LatencySettings(runs=200), rounds=3)
+            for storage, latency in timed.items():
+                result[storage]["latency_ms_b1"] = latency["median_ms"]
 
     # --- summary and report ------------------------------------------------------------------
 
@@ -307,40 +432,34 @@ class DemoError(LnptError, RuntimeError):
     """A stage of the demo failed; the message names it and where its log is."""
 
 
-def onnx_latency_ms(path: Path, runs: int = 200) -> float:
-    """Median single-image latency in ONNX Runtime (1 thread, CPU), after a warm-up."""
-    import numpy as np
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = session.get_inputs()[0]
-    x = np.random.default_rng(0).standard_normal((1, *feed.shape[1:])).astype(np.float32)
-    for _ in range(20):
-        session.run(None, {feed.name: x})
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        session.run(None, {feed.name: x})
-        times.append(time.perf_counter() - started)
-    return float(np.median(times) * 1000)
-
-
 def summary_rows(results: dict[str, Any]) -> dict[str, Any]:
     job, before, after = results["job"], results["job"]["before"], results["evaluate"]
     dense, sparse = results["export"]["dense"], results["export"]["sparse"]
-    rows = [
-        ("teacher test accuracy", f"{results['teacher']['test_accuracy']:.4f}"),
-        ("student test accuracy (label-free, pruned)", f"{after['accuracy']:.4f}"),
+    teacher, supervised = results["teacher"], results.get("supervised")  # supervised: ELPV only
+    if supervised is None:
+        rows = [("teacher test accuracy", f"{teacher['test_accuracy']:.4f}")]
+    else:
+        rows = [("teacher validation accuracy (cloud split)", f"{teacher['val_accuracy']:.4f} ({teacher['val_samples']} images)"),
+                ("teacher test accuracy (held out)", f"{teacher['test_accuracy']:.4f} ({teacher['test_samples']} images)"),
+                ("majority-class share of the test set", f"{supervised['majority_class_share']:.4f}")]
+    rows += [("student test accuracy (label-free, pruned)", f"{after['accuracy']:.4f}")]
+    if supervised is not None:
+        rows += [("same pruned student, supervised on the edge labels", f"{supervised['accuracy']:.4f}")]
+    rows += [
         ("student accuracy before training", f"{before['accuracy']:.4f}"),
         ("student agreement with teacher", f"{after['teacher_agreement']:.4f}"),
         ("student sparsity", f"{after['sparsity']:.4f}"),
-        ("learning gap before -> after training", f"{before['learning_gap']:.4f} -> {after['learning_gap']:.4f}"),
+    ]
+    if "learning_gap" in after:  # measured only where student and teacher features have the same size
+        rows += [("learning gap before -> after training", f"{before['learning_gap']:.4f} -> {after['learning_gap']:.4f}")]
+    rows += [
         ("dense ONNX size (gzip)", f"{dense['bytes'] / 1024:.1f} KiB ({dense['gzip_bytes'] / 1024:.1f} KiB)"),
         ("sparse ONNX size (gzip)", f"{sparse['bytes'] / 1024:.1f} KiB ({sparse['gzip_bytes'] / 1024:.1f} KiB)"),
-        ("ONNX Runtime test accuracy (dense / sparse)",
-         f"{dense['accuracy']['onnx']:.4f} / {sparse['accuracy']['onnx']:.4f}"),
+    ]
+    if supervised is None:
+        rows += [("ONNX Runtime test accuracy (dense / sparse)",
+                  f"{dense['accuracy']['onnx']:.4f} / {sparse['accuracy']['onnx']:.4f}")]
+    rows += [
         ("ONNX Runtime latency, batch 1 (dense / sparse)",
          f"{dense['latency_ms_b1']:.3f} ms / {sparse['latency_ms_b1']:.3f} ms"),
         ("ONNX vs PyTorch max abs diff (dense / sparse)", f"{dense['max_abs_diff']:.2e} / {sparse['max_abs_diff']:.2e}"),
@@ -348,6 +467,9 @@ def summary_rows(results: dict[str, Any]) -> dict[str, Any]:
          f"{job['steps']} in {job['seconds_training']:.0f} s ({job['target_wait_seconds']:.1f} s, "
          f"{job['target_wait_fraction']:.1%})"),
     ]
+    if supervised is not None:
+        rows += [("bad image files skipped (edge / cloud and test)",
+                  f"{job['data_stats']['bad_files']} / {teacher['bad_files']}")]
     return {"rows": [list(row) for row in rows]}  # lists: the same after a JSON round trip
 
 
@@ -383,9 +505,19 @@ def write_report(path: Path, results: dict[str, Any], report: dict[str, Any], se
     def rel(p: str) -> str:
         return Path(p).resolve().relative_to(path.parent.resolve()).as_posix()
 
-    teacher = results["teacher"]
+    teacher, elpv = results["teacher"], settings.dataset == "elpv"
+    data = (f"ELPV solar cells at {settings.size} x {settings.size} px, grey (split: "
+            + ", ".join(f"{name} {sum(c.values())}" for name, c in results["images"]["counts"].items())
+            + f"; {results['images']['licence']})" if elpv else "Fashion-MNIST")
+    checked = "validation accuracy" if elpv else "test accuracy"
+    supervised = results.get("supervised")
+    comparison = ([f"The same pruned student trained {supervised['epochs']} epochs with the edge set's labels "
+                   f"({supervised['recipe']['optimizer']}, lr {supervised['recipe']['lr']}, batch "
+                   f"{supervised['recipe']['batch_size']}, cosine, no augmentation) reached "
+                   f"{supervised['accuracy']:.4f} on the test set.", ""] if supervised else [])
     lines = [
         "# LNPT demo report", "",
+        f"Data: {data}.", "",
         f"Teacher `{teacher['arch']}` (version {teacher['version']}) trained {settings.teacher_epochs} epochs "
         f"with labels; student `{settings.student_model}` pruned to {settings.sparsity:.0%} with the LNPT score "
         f"through the guidance server (TLS + token) by the edge job (`lnpt edge run`), trained {settings.epochs} epochs on "
@@ -393,14 +525,15 @@ def write_report(path: Path, results: dict[str, Any], report: dict[str, Any], se
         f"{results['evaluate']['samples']} real test images.", "",
         "| measure | value |", "|---|---|",
         *[f"| {name} | {value} |" for name, value in report["rows"]], "",
+        *comparison,
         "## Guided training", "", f"![training curves]({rel(report['training_curve'])})", "",
         "## Density per layer after pruning", "", f"![density per layer]({rel(results['job']['chart'])})", "",
         "| layer | kept fraction |", "|---|---|",
         *[f"| {name} | {density:.4f} |" for name, density in results["job"]["density_per_layer"].items()], "",
-        "## Teacher training", "", "| epoch | train loss | test accuracy |", "|---|---|---|",
+        "## Teacher training", "", f"| epoch | train loss | {checked} |", "|---|---|---|",
         *[f"| {h['epoch']} | {h['train_loss']:.4f} | {h['test_accuracy']:.4f} |" for h in teacher["history"]], "",
         "## Stage times", "", "| stage | seconds |", "|---|---|",
-        *[f"| {name} | {results[name]['seconds']} |" for name in STAGES if name in results and name != "report"], "",
+        *[f"| {name} | {results[name]['seconds']} |" for name in (ELPV_STAGES if elpv else STAGES) if name in results and name != "report"], "",
         "Files: " + ", ".join(f"`{rel(results['export'][k]['path'])}`" for k in ("dense", "sparse"))
         + f", `{rel(results['job']['trained'])}`, and the edge job's folder `{rel(str(path.parent / 'job'))}`.", "",
     ]

@@ -47,51 +47,23 @@ $LNPT export --student "$OUT/student-trained.pt" --out "$OUT/student.onnx" --sam
   --format json > "$OUT/export.json"
 
 # 4. comparison: the same pruned student trained with the edge set's labels (supervised), same
-#    optimizer, epochs and batch size as step 3; and the ONNX latency (batch 1, one thread).
+#    optimizer, epochs and batch size as step 3 (lnpt.lab.supervised.train_supervised, which
+#    `lnpt demo --dataset elpv` uses too); and the ONNX latency (batch 1, one thread).
 $PYTHON - "$OUT" "$STUDENT_EPOCHS" <<'PY'
-import json, sys, time
+import json, sys
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
-import torch
-
-from lnpt.edge.evaluation import labeled_folder
-from lnpt.edge.student import load_student
-from lnpt.lab.paper.experiment import Recipe, train
-from lnpt.shared.config import Config
-from lnpt.shared.inference import outputs, top1
-from lnpt.shared.labeled import csv_file
-from lnpt.shared.objectives import CrossEntropy, Targets
+from lnpt.edge import Student
+from lnpt.edge.onnx.latency import onnx_latency
+from lnpt.lab.supervised import train_supervised
 
 out, epochs = Path(sys.argv[1]), int(sys.argv[2])
-torch.manual_seed(0)
-model, record = load_student(out / "student.pt")
-edge = csv_file(out / "data" / "edge_labels.csv", record.preprocess).relabeled(record.class_names)
-images, labels = map(torch.cat, zip(*[(x, y) for _, x, y in edge.in_order()]))
-tc = Config().train
-recipe = Recipe(epochs=epochs, batch_size=tc.batch_size, optimizer=tc.optimizer, lr=tc.lr, momentum=tc.momentum,
-                weight_decay=tc.weight_decay)
-train(model, record.input_spec, images, Targets(labels=labels), CrossEntropy(), recipe, seed=0)
-test_x, test_y = labeled_folder(out / "data" / "test", record.preprocess, record.class_names)
-supervised = top1(outputs(model, test_x, record.input_spec)[1], test_y)
-majority = float(torch.bincount(test_y).max()) / len(test_y)
-
-options = ort.SessionOptions()
-options.intra_op_num_threads = options.inter_op_num_threads = 1
-session = ort.InferenceSession(str(out / "student.onnx"), options, providers=["CPUExecutionProvider"])
-x = np.zeros((1, *record.input_spec.shape), dtype=np.float32)
-name = session.get_inputs()[0].name
-for _ in range(10):
-    session.run(None, {name: x})
-times = []
-for _ in range(100):
-    start = time.perf_counter()
-    session.run(None, {name: x})
-    times.append(time.perf_counter() - start)
-result = {"supervised_student_test_accuracy": supervised, "test_majority_class_share": majority,
-          "test_samples": len(test_y), "onnx_latency_ms_batch1_1thread_median": 1000 * float(np.median(times)),
-          "onnx_bytes": (out / "student.onnx").stat().st_size}
+supervised = train_supervised(out / "student.pt", out / "data" / "edge_labels.csv", out / "data" / "test", epochs=epochs)
+shape = Student.load(out / "student-trained.pt").input_spec.shape
+latency = onnx_latency(out / "student.onnx", shape)
+result = {"supervised_student_test_accuracy": supervised["accuracy"],
+          "test_majority_class_share": supervised["majority_class_share"], "test_samples": supervised["test_samples"],
+          "onnx_latency_ms_batch1_1thread_median": latency["median_ms"], "onnx_bytes": (out / "student.onnx").stat().st_size}
 (out / "supervised.json").write_text(json.dumps(result, indent=2))
 print(json.dumps(result, indent=2))
 PY
