@@ -29,25 +29,29 @@ def test_adaptive_window_covers_the_round_trip_within_the_servers_limit():
     window = Window(prefetch=0, max_prefetch=16, server_limit=5)
     window.round_trip(0.100)
     window.step(0.010)
-    assert window.batches == 11  # ceil(100 ms / 10 ms) + 1
+    assert window.batches == 12  # ceil(100 ms / 10 ms) + 1 batch per request + 1 of slack
     assert window.may_send(4) and not window.may_send(5)  # but never more requests in flight than the server answers
     window.step(10.0)  # the caller became slow: the window shrinks back
     for _ in range(30):
         window.step(1.0)
-    assert window.batches == 2
+    assert window.batches == 3  # one batch covers the round trip, plus its own request and the slack
     assert Window(prefetch=3, max_prefetch=16, server_limit=0).batches == 3  # fixed prefetch stays fixed
 
 
 def test_adaptive_window_merges_small_batches_up_to_the_servers_preferred_batch():
     window = Window(prefetch=0, max_prefetch=16, server_limit=0)
     window.batch_rows(32, request_rows=256, preferred_rows=128)  # 4 batches of 32 fill the server's batch
-    window.round_trip(0.020)
+    window.round_trip(0.020, rows=32)
     window.step(0.010)
-    assert (window.merge, window.batches) == (4, 6)  # 2 batches cover the round trip, plus one merged request
-    window.round_trip(0.140)  # a slow server: the cap of 16 batches binds, merging gives way first
-    for _ in range(30):
-        window.round_trip(0.140)
-    assert (window.merge, window.batches) == (2, 16)
+    assert window.merge == 2  # merged requests grow by doubling, once the smaller size was answered
+    window.round_trip(0.020, rows=64)
+    # 2 batches cover the round trip, plus one merged request and one batch of slack
+    assert (window.merge, window.batches) == (4, 7)
+    window.round_trip(0.020, rows=128)
+    assert window.merge == 4  # never beyond the server's preferred batch
+    for _ in range(30):  # a slow server: the cap of 16 batches binds, merging gives way first
+        window.round_trip(0.140, rows=128)
+    assert (window.merge, window.batches) == (1, 16)
     fixed = Window(prefetch=4, max_prefetch=16, server_limit=0)
     fixed.batch_rows(32, request_rows=256, preferred_rows=128)
     assert fixed.merge == 1  # a fixed prefetch sends each batch on its own

@@ -49,6 +49,7 @@ TLS_MARKERS = ("ssl", "handshake", "certificate", "tsi_", "x509", "verification 
 INFO_TIMEOUT_SECONDS = 30.0
 MESSAGE_HEADROOM_BYTES = 4096  # a request's fields besides the pixels: id, shape, dtypes, version
 BUFFERED_READ_SECONDS = 0.001  # a read that took longer waited for the answer to arrive
+SLACK_BATCHES = 1  # the adaptive window's margin over one round trip: round trips jitter, merged ones more
 
 
 class GuidanceError(LnptError, RuntimeError):
@@ -347,10 +348,16 @@ class GuidanceClient(TargetSource):
 
         def send(full_only: bool) -> None:
             """Cut the unsent rows into requests and send them; `full_only`: only requests as large as
-            allowed (the rest waits for the next batch), so a batch goes out as soon as its request is."""
+            allowed (the rest waits for the next batch), so a batch goes out as soon as its request is.
+            Until the batches sent cover one round trip, each goes alone: the next steps do not wait
+            for a merged request's longer forward (at the start, or after the caller caught up)."""
             nonlocal call
-            limit = min(request_rows, window.merge * window.rows)
-            while unsent.count and window.may_send(len(pending)) and (unsent.count >= limit or not full_only):
+            while unsent.count and window.may_send(len(pending)):
+                sent_batches = len(open_batches) - len(unsent.blocks)  # asked for and (partly) in flight
+                merge = window.merge if sent_batches >= window.covered else 1
+                limit = min(request_rows, merge * window.rows)
+                if full_only and unsent.count < limit:
+                    return
                 request = self._request(unsent.take(unsent.leading(limit))[0], image_dtype, target_dtype)
                 self.stats["requests"] += 1
                 pending[request.request_id] = request
@@ -413,7 +420,7 @@ class GuidanceClient(TargetSource):
                 self.stats["wait_seconds"] += answered_at - started
                 request_id, request = pending.popitem(last=False)
                 window.round_trip(answered_at - sent_at.pop(request_id, answered_at),
-                                  waited=answered_at - started > BUFFERED_READ_SECONDS)
+                                  waited=answered_at - started > BUFFERED_READ_SECONDS, rows=request.images.shape[0])
                 answered.put(*self._check_response(response, request_id, request))
                 self.stats["responses"] += 1
                 backoff.reset()
@@ -535,9 +542,10 @@ class Window:
 
     Fixed (`prefetch` > 0): that many batches, one per request at most. Adaptive: batches are merged
     into requests of up to the server's preferred batch (at most half of `max_prefetch` batches),
-    and the window covers one round trip with the caller's time per batch plus one merged request,
-    ceil(rtt / step) + merge, from smoothed measurements, at most `max_prefetch`; merging shrinks
-    first when that cap binds. New batches are asked for only when a whole merged request fits.
+    and the window covers one round trip with the caller's time per batch plus one merged request
+    and one batch of slack, ceil(rtt / step) + merge + 1, from smoothed measurements, at most
+    `max_prefetch`; merging shrinks first when that cap binds, and grows by doubling (a size is
+    used once half of it has been answered). New batches are asked for only when a whole merged request fits.
     Either way the requests in flight stay within the server's per-stream limit (`server_limit`
     requests; 0 = none)."""
 
@@ -551,6 +559,8 @@ class Window:
         self.merge = 1  # batches per request
         self.max_merge = 1  # ... at most: the server's preferred batch in batches (adaptive only)
         self.rows = 0  # rows of a batch, from the first one
+        self.covered = 1  # batches trained during one round trip
+        self.answered_merge = 0  # the most batches one answered request carried
         self.rtt: float | None = None
         self.step_seconds: float | None = None
 
@@ -565,10 +575,12 @@ class Window:
     def may_send(self, in_flight: int) -> bool:
         return not self.server_limit or in_flight < self.server_limit
 
-    def round_trip(self, seconds: float, waited: bool = True) -> None:
-        """A request's time from sent to read. Read without waiting, the answer may have arrived any
-        time before (the caller was training on earlier batches): then it only bounds the round trip
-        from above, and lowers the estimate but never raises it."""
+    def round_trip(self, seconds: float, waited: bool = True, rows: int = 0) -> None:
+        """A request of `rows` images took `seconds` from sent to read. Read without waiting, the
+        answer may have arrived any time before (the caller was training on earlier batches): then it
+        only bounds the round trip from above, and lowers the estimate but never raises it."""
+        if self.rows:
+            self.answered_merge = max(self.answered_merge, rows // self.rows)
         if waited or self.rtt is None or seconds < self.rtt:
             self.rtt = smooth(self.rtt, seconds, self.SMOOTHING)
             self.resize()
@@ -580,9 +592,12 @@ class Window:
     def resize(self) -> None:
         if self.fixed or self.rtt is None or self.step_seconds is None:
             return
-        covered = math.ceil(self.rtt / max(self.step_seconds, 1e-4))  # batches trained during one round trip
-        self.merge = max(1, min(self.max_merge, self.max_batches - covered))
-        self.batches = max(1, min(self.max_batches, covered + self.merge))
+        self.covered = math.ceil(self.rtt / max(self.step_seconds, 1e-4))
+        # Merged requests grow by doubling once each size has been answered: the round trip of a larger
+        # one is measured before the window relies on it.
+        merge = min(self.max_merge, 2 * max(1, self.answered_merge))
+        self.merge = max(1, min(merge, self.max_batches - self.covered - SLACK_BATCHES))
+        self.batches = max(1, min(self.max_batches, self.covered + self.merge + SLACK_BATCHES))
 
 
 def smooth(previous: float | None, value: float, weight: float) -> float:
