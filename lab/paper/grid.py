@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
 def recipe_of(profile: Profile, teacher_version: str) -> dict[str, Any]:
     """What decides a run's numbers; a stored grid is resumed only under the same recipe."""
     keep = ("student", "teacher", "train_samples", "test_samples", "epochs", "batch_size", "optimizer", "lr",
-            "weight_decay", "prune_samples", "arms")
+            "weight_decay", "prune_samples", "arms", "progressive_rounds")
     return {**{k: asdict(profile)[k] for k in keep}, "teacher_version": teacher_version, "augment": False,
             "schedule": "cosine over all steps"}
 
@@ -181,7 +181,7 @@ def arm_inputs(profile: Profile, training: str, student, teacher, train_x, train
     return objective, images, targets, recipe
 
 
-RECIPE_DEFAULTS = {"arms": {}, "data": "fashion-mnist", "test_data": "fashion-mnist"}
+RECIPE_DEFAULTS = {"arms": {}, "data": "fashion-mnist", "test_data": "fashion-mnist", "progressive_rounds": 10}
 
 
 def load_store(path: Path, recipe: dict[str, Any], fresh: bool) -> dict[str, Any]:
@@ -281,7 +281,8 @@ def run_grid(profile: Profile, out: Path, teacher_path: Path | None = None, fres
             key = (score, sparsity, seed)
             if key not in masks_cache:  # both arms train the same pruned student
                 masks_cache.clear()
-                masks_cache[key] = prune(profile, student, score, sparsity, seed, teacher, train_x, train_y, spec)
+                masks_cache[key] = prune(profile, student, score, sparsity, seed, teacher, train_x, train_y, spec,
+                                         rounds=profile.progressive_rounds)
             masks, prune_info = masks_cache[key]
             from lnpt.edge.student import apply_masks
 

@@ -56,6 +56,7 @@ class Profile:
     # objective's [objective] keys), e.g. {"guided": {"lr": 0.01}}: each arm gets its own best setting.
     arms: dict = field(default_factory=dict)
     teacher_file: str = ""  # the profile's kept teacher (used when --teacher is not given)
+    progressive_rounds: int = 10  # rounds of the lnpt-progressive score
     notes: str = field(default="", compare=False)
 
     @property
