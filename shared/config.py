@@ -165,7 +165,7 @@ class PruneConfig:
     min_layer_density: float = field(default=0.01, metadata=between(0, 1))  # floor of kept weights per layer
     keep_classifier_dense: bool = False
     synflow_rounds: int = field(default=100, metadata=at_least(1))
-    progressive_rounds: int = field(default=10, metadata=at_least(1))  # rounds of the lnpt-progressive score
+    progressive_rounds: int = field(default=3, metadata=at_least(1))  # rounds of the lnpt-progressive score
     synflow_float64: bool = False
     structured: float = field(default=0.0, metadata=between(0, 0.95))  # channel ratio removed; 0 = off
     # Channel pruning to a budget instead of a fixed ratio (edge.pruning.budget): any target > 0 turns it on.

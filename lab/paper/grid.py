@@ -181,7 +181,7 @@ def arm_inputs(profile: Profile, training: str, student, teacher, train_x, train
     return objective, images, targets, recipe
 
 
-RECIPE_DEFAULTS = {"arms": {}, "data": "fashion-mnist", "test_data": "fashion-mnist", "progressive_rounds": 10}
+RECIPE_DEFAULTS = {"arms": {}, "data": "fashion-mnist", "test_data": "fashion-mnist", "progressive_rounds": 3}
 
 
 def load_store(path: Path, recipe: dict[str, Any], fresh: bool) -> dict[str, Any]:
