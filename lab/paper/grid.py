@@ -259,10 +259,12 @@ def run_grid(profile: Profile, out: Path, teacher_path: Path | None = None, fres
         ex.write_json(store_path, store)
 
     plan = planned_runs(profile)
-    pending = [run for run in plan if run_key(*run) not in store["runs"] and in_shard(run, plan, shard)]
+    mine = [run for run in plan if in_shard(run, plan, shard)]
+    pending = [run for run in mine if run_key(*run) not in store["runs"]]
     masks_cache: dict[tuple, tuple[Any, dict]] = {}
     speeds: dict[Any, Any] = {}  # the dense ONNX file, then ORT latency per channel ratio (widths only)
-    bar = tqdm(total=len(plan), initial=len(plan) - len(pending), unit="run", desc=f"grid {profile.name}",
+    part = f" shard {shard[0]}/{shard[1]}" if shard[1] > 1 else ""
+    bar = tqdm(total=len(mine), initial=len(mine) - len(pending), unit="run", desc=f"grid {profile.name}{part}",
                disable=not progress, file=sys.stderr)
     for score, training, sparsity, seed in pending:
         bar.set_postfix_str(f"{score} {training} {sparsity:g} seed {seed}")
