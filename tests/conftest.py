@@ -50,3 +50,16 @@ def real_photo_folder(tmp_path_factory) -> Path:
     for name in ("camera", "moon"):  # grey photos, saved as JPEG
         Image.fromarray(getattr(skdata, name)()).save(folder / f"{name}.jpg", quality=90)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory):
+    """A real (briefly trained) LeNet-5 teacher made with the cloud's recipe, for the experiments' tests."""
+    from lnpt.cloud.teacher_training import train_teacher
+    from lnpt.shared.config import load_config
+
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    config = load_config(None, ["teacher.model=lenet5", "teacher.epochs=1", "teacher.train_samples=1024",
+                                "teacher.test_samples=256"])
+    train_teacher(config, str(path), device="cpu")
+    return path

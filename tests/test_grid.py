@@ -12,19 +12,6 @@ from lnpt.shared.cli import main
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module")
-def tiny_teacher(tmp_path_factory):
-    """A real (briefly trained) LeNet-5 teacher, made with the cloud's recipe."""
-    from lnpt.cloud.teacher_training import train_teacher
-    from lnpt.shared.config import load_config
-
-    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
-    config = load_config(None, ["teacher.model=lenet5", "teacher.epochs=1", "teacher.train_samples=1024",
-                                "teacher.test_samples=256"])
-    train_teacher(config, str(path), device="cpu")
-    return path
-
-
 def grid(capsys, out, teacher, *extra):
     code = main(["analyze", "grid", "--profile", "tiny", "--out", str(out), "--teacher", str(teacher),
                  "--threads", "1", "--format", "json", *extra])

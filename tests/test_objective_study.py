@@ -5,22 +5,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 
 from lnpt.shared.cli import main
-
-
-@pytest.fixture(scope="module")
-def tiny_teacher(tmp_path_factory):
-    from lnpt.cloud.teacher_training import train_teacher
-    from lnpt.shared.config import load_config
-
-    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
-    config = load_config(None, ["teacher.model=lenet5", "teacher.epochs=1", "teacher.train_samples=1024",
-                                "teacher.test_samples=256"])
-    train_teacher(config, str(path), device="cpu")
-    return path
 
 
 def study(capsys, out, teacher, arms):

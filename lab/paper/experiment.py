@@ -78,14 +78,7 @@ def labeled_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Te
 def fashion_split(train_samples: int, test_samples: int, seed: int = 0):
     """(train images, train labels, test images, test labels): a seeded random subset of the
     Fashion-MNIST training set (0 = all of it) and the first `test_samples` test images (0 = all)."""
-    train_x, train_y = load_fashion_mnist(True)
-    test_x, test_y = load_fashion_mnist(False)
-    if train_samples and train_samples < len(train_x):
-        chosen = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))[:train_samples]
-        train_x, train_y = train_x[chosen], train_y[chosen]
-    if test_samples:
-        test_x, test_y = test_x[:test_samples], test_y[:test_samples]
-    return train_x, train_y, test_x, test_y
+    return subsets(*load_fashion_mnist(True), *load_fashion_mnist(False), train_samples, test_samples, seed)
 
 
 def load_split(teacher, train_samples: int, test_samples: int, data: str | Path | None = None,
@@ -101,8 +94,12 @@ def load_split(teacher, train_samples: int, test_samples: int, data: str | Path 
     from lnpt.edge.evaluation import labeled_folder
 
     record = teacher.record
-    train_x, train_y = labeled_folder(data, record.preprocess, record.class_names)
-    test_x, test_y = labeled_folder(test_data, record.preprocess, record.class_names)
+    return subsets(*labeled_folder(data, record.preprocess, record.class_names),
+                   *labeled_folder(test_data, record.preprocess, record.class_names), train_samples, test_samples, seed)
+
+
+def subsets(train_x, train_y, test_x, test_y, train_samples: int, test_samples: int, seed: int):
+    """A seeded random `train_samples` of the training images (0 = all), the first `test_samples` test images."""
     if train_samples and train_samples < len(train_x):
         chosen = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))[:train_samples]
         train_x, train_y = train_x[chosen], train_y[chosen]
