@@ -259,7 +259,7 @@ def run_grid(profile: Profile, out: Path, teacher_path: Path | None = None, fres
         ex.write_json(store_path, store)
 
     plan = planned_runs(profile)
-    mine = [run for run in plan if in_shard(run, plan, shard)]
+    mine = shard_runs(plan, shard)
     pending = [run for run in mine if run_key(*run) not in store["runs"]]
     masks_cache: dict[tuple, tuple[Any, dict]] = {}
     speeds: dict[Any, Any] = {}  # the dense ONNX file, then ORT latency per channel ratio (widths only)
@@ -357,11 +357,11 @@ def merged_store(store_path: Path, store: dict[str, Any]) -> dict[str, Any]:
     return store
 
 
-def in_shard(run: tuple[str, str, float, int], plan: list[tuple[str, str, float, int]],
-             shard: tuple[int, int]) -> bool:
-    """Whether `run` belongs to shard k of n: its (score, level, seed) group, numbered in plan order."""
-    groups = list(dict.fromkeys((r[0], r[2], r[3]) for r in plan))
-    return groups.index((run[0], run[2], run[3])) % shard[1] == shard[0]
+def shard_runs(plan: list[tuple[str, str, float, int]], shard: tuple[int, int]) -> list[tuple[str, str, float, int]]:
+    """The runs of shard k of n, in plan order: whole (score, level, seed) groups, numbered in plan order,
+    so both arms of one mask stay in one process."""
+    groups = {group: number for number, group in enumerate(dict.fromkeys((r[0], r[2], r[3]) for r in plan))}
+    return [run for run in plan if groups[(run[0], run[2], run[3])] % shard[1] == shard[0]]
 
 
 def fresh_student(profile: Profile, spec, seed: int, classes: int = 10):
