@@ -229,6 +229,26 @@ def test_scores_come_from_one_registry_with_their_facts():
         make_scorer("best", None, SPEC.shape)
 
 
+def test_each_score_name_builds_its_own_class_and_grasp_is_w_times_hessian_gradient(batches, teacher):
+    """A name must build its own scorer: GraSP once inherited SNIP's factory and scored as SNIP."""
+    for name, scorer in all_scorers(teacher.feature_dim, 84).items():
+        assert type(scorer) is scorers.SCORERS[name], name
+    model = student("lenet5")
+    grasp = make_scorer("grasp", CrossEntropy(), SPEC.shape).score(model, batches)
+    # w * Hg by hand: H g as the gradient of g . grad L, g held constant
+    params = [m.weight for m in prunable_modules(model).values()]
+    loss = lambda: sum(CrossEntropy()(model, x, t) for x, t in batches)
+    g = [x.detach() for x in torch.autograd.grad(loss(), params)]
+    grads = torch.autograd.grad(loss(), params, create_graph=True)
+    hg = torch.autograd.grad(sum((a * b).sum() for a, b in zip(g, grads)), params)
+    expected = {name: (w * h).detach() for name, w, h in zip(prunable_modules(model), params, hg)}
+    norm = torch.cat([e.flatten() for e in expected.values()]).sum().abs()
+    for name in expected:
+        torch.testing.assert_close(grasp[name], expected[name] / norm, rtol=1e-3, atol=1e-7)
+    snip = make_scorer("snip", CrossEntropy(), SPEC.shape).score(model, batches)
+    assert any((grasp[n] < 0).any() for n in grasp) and not any((snip[n] < 0).any() for n in snip)
+
+
 def test_progressive_lnpt_reaches_the_target_with_nested_masks_and_differs_from_one_shot(batches):
     """lnpt-progressive: rounds of the LNPT sensitivity on the network pruned so far."""
     from lnpt.shared.config import PruneConfig

@@ -121,12 +121,8 @@ class Random(Scorer):
         return scores
 
 
-@register_scorer
-class SNIP(Scorer):
-    """Connection sensitivity |w * dL/dw| (Lee et al. 2019) with gradients of `objective`
-    accumulated over all batches, model in train mode (as at the start of training)."""
-
-    name, objective, summary = "snip", "cross-entropy", "SNIP connection sensitivity (supervised baseline)"
+class GradientScorer(Scorer):
+    """A score from gradients of an injected objective over the batches (SNIP, LNPT, GraSP)."""
 
     def __init__(self, objective: Objective):
         self.objective = objective
@@ -136,6 +132,14 @@ class SNIP(Scorer):
         if objective is None:
             raise ValueError(f"the {cls.name} score needs an objective")
         return cls(objective)
+
+
+@register_scorer
+class SNIP(GradientScorer):
+    """Connection sensitivity |w * dL/dw| (Lee et al. 2019) with gradients of `objective`
+    accumulated over all batches, model in train mode (as at the start of training)."""
+
+    name, objective, summary = "snip", "cross-entropy", "SNIP connection sensitivity (supervised baseline)"
 
     def score(self, model, batches):
         work = working_copy(model).train()
@@ -174,18 +178,12 @@ class ProgressiveLNPT(LNPT):
 
 
 @register_scorer
-class GraSP(Scorer):
+class GraSP(GradientScorer):
     """Gradient Signal Preservation (Wang et al. 2020): score = w * (H g), H the Hessian and g the
     gradient of the objective over all batches, normalised by |sum of scores| as in Synaptic-Flow.
     Keeping the highest scores removes the weights whose removal reduces gradient flow least."""
 
     name, objective, summary = "grasp", "cross-entropy", "GraSP gradient-flow preservation (supervised baseline)"
-
-    def __init__(self, objective: Objective, eps: float = 1e-10):
-        self.objective = objective
-        self.eps = eps
-
-    create = SNIP.create
 
     def score(self, model, batches):
         work = working_copy(model).train()
@@ -204,7 +202,7 @@ class GraSP(Scorer):
             if flow.requires_grad:
                 flow.backward()
         scores = {name: sensitivity(w) for name, w in weights(work).items()}
-        norm = torch.cat([s.flatten() for s in scores.values()]).sum().abs() + self.eps
+        norm = torch.cat([s.flatten() for s in scores.values()]).sum().abs() + 1e-10  # an all-zero score stays finite
         return {name: s / norm for name, s in scores.items()}
 
 
