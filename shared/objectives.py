@@ -172,11 +172,12 @@ class WeightedSum(Objective):
         return any(term.needs_teacher for term in self.terms)
 
 
-def guided_objective(gap: str = "mse", lambda_kd: float = 1.0, temperature: float = 4.0,
+def guided_objective(gap: str = "normalized", lambda_kd: float = 1.0, temperature: float = 1.0,
                      student_dim: int | None = None, teacher_dim: int | None = None, *,
-                     lambda_gap: float = 1.0, projector: str = "learned") -> Objective:
+                     lambda_gap: float = 1.0, projector: str = "fixed") -> Objective:
     """lambda_gap * LG + lambda_kd * KD, the label-free objective for the LNPT score and for guided
-    training (lambda_gap = 0: KD only; lambda_kd = 0: the learning gap only)."""
+    training (lambda_gap = 0: KD only; lambda_kd = 0: the learning gap only). The defaults are
+    [objective]'s (ObjectiveConfig), chosen on a validation split."""
     return WeightedSum([(lambda_gap, LearningGap(gap, student_dim, teacher_dim, projector)),
                         (lambda_kd, LogitKD(temperature))])
 

@@ -74,3 +74,17 @@ def test_validation_split_is_balanced_and_disjoint():
 def test_bad_arm_is_named(tmp_path, tiny_teacher, capsys):
     code, _, err = study(capsys, tmp_path / "s", tiny_teacher, "guided,oracle")
     assert code == 2 and "oracle" in err
+
+
+def test_the_product_default_objective_is_the_studys_winner_and_the_study_starts_from_the_old_one():
+    """[objective]'s defaults are what the committed study chose for the guided arm; the study itself
+    starts from the objective before it, so re-running it retraces the recorded path."""
+    from dataclasses import asdict
+
+    from lnpt.lab.paper.objective_study import base_settings
+    from lnpt.lab.paper.profiles import ARMS_STANDARD, OBJECTIVE_BEFORE_STUDY, PROFILES
+    from lnpt.shared.config import ObjectiveConfig
+
+    assert asdict(ObjectiveConfig()) == ARMS_STANDARD["guided"]["objective"]
+    assert base_settings(PROFILES["standard"], "guided")["objective"] == OBJECTIVE_BEFORE_STUDY
+    assert "objective" not in base_settings(PROFILES["standard"], "supervised")

@@ -102,10 +102,10 @@ def test_gradients_reach_the_classifier_only_through_the_kd_term(batch):
     assert student.head.weight.grad.abs().sum() > 0
 
 
-def test_projector_maps_student_width_to_teacher_width_and_trains(batch):
+def test_learned_projector_maps_student_width_to_teacher_width_and_trains(batch):
     x, targets = batch
     student = build_model("lenet5", 10, FASHION_MNIST_SPEC)  # 84 features vs the teacher's 64
-    objective = guided_objective(student_dim=84, teacher_dim=64)
+    objective = guided_objective(student_dim=84, teacher_dim=64, projector="learned")
     projector = objective.terms[0].projector
     assert tuple(projector.weight.shape) == (64, 84)
     assert guided_objective(student_dim=64, teacher_dim=64).terms[0].projector is None

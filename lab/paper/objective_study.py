@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from lnpt.lab.paper.grid import arm_inputs, fresh_student, locked, merged_store, prune
-from lnpt.lab.paper.profiles import PROFILES, arm_dict, describe_settings, kept_file
+from lnpt.lab.paper.profiles import OBJECTIVE_BEFORE_STUDY, PROFILES, arm_dict, describe_settings, kept_file
 from lnpt.shared.cli import add_format_option, emit
 
 SPARSITIES = (0.95, 0.98)  # where the claims are tested
@@ -107,8 +107,12 @@ def candidate_key(arm: str, settings: Settings) -> str:
 
 
 def base_settings(profile, arm: str) -> Settings:
-    """The profile's setting of `arm` before the study, written out in full."""
-    return arm_dict(replace(profile, arms={}), arm)
+    """Where the study of `arm` starts, written out in full: the profile's settings without its arms, and
+    for the guided arm the objective before the study (today's defaults are the study's own winner)."""
+    settings = arm_dict(replace(profile, arms={}), arm)
+    if "objective" in settings:
+        settings["objective"] = dict(OBJECTIVE_BEFORE_STUDY)
+    return settings
 
 
 def run_study(profile, arms: tuple[str, ...], out: Path, teacher_path: Path | None = None,
