@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from lnpt.shared.cli import add_format_option
+from lnpt.shared.cli import add_format_option, emit
 from lnpt.shared.errors import LnptError
 
 STAGES = ("teacher", "tls", "images", "job", "evaluate", "shutdown", "export", "report")
@@ -147,8 +147,7 @@ def run_demo(args: argparse.Namespace) -> int:
     fields = [f for f in DemoSettings.__dataclass_fields__ if f != "dataset"]
     settings = DemoSettings.for_dataset(args.dataset, **{f: getattr(args, f) for f in fields})
     summary = Demo(settings, fresh=args.fresh).run()
-    if args.format == "json":
-        print(json.dumps(summary))
+    emit(args, summary, format_summary(summary["rows"]))
     return 0
 
 
@@ -422,9 +421,7 @@ class Demo:
                 plot_training(self.results["job"]["curve"], self.path("training.png"))
                 write_report(self.path("report.md"), self.results, result, self.s)
                 result["report"] = str(self.path("report.md"))
-        self.log("")
-        print(format_summary(result["rows"]))
-        self.log(f"\nreport: {result['report']} (total {seconds:.0f} s this run)")
+        self.log(f"report: {result['report']} (total {seconds:.0f} s this run)\n")
         return {"rows": result["rows"], "report": result["report"], "stages": self.results}
 
 
