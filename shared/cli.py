@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import os
 import sys
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -160,6 +161,9 @@ def remember_parsers(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # gRPC core prints INFO lines to stderr (an idle connection's GOAWAY, seen by forked data workers);
+    # read once when grpc is first imported, so set before any command module loads. GRPC_VERBOSITY wins.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     parser = build_parser()
     remember_parsers(parser)
     args, unknown = parser.parse_known_args(argv)
