@@ -22,3 +22,33 @@ def test_across_runs_separates_a_real_predictor_from_noise():
     assert gap["rho"] < -0.9 and gap["interval"][1] < -0.8 and gap["runs"] == 60
     assert abs(noise["rho"]) < 0.3 and noise["interval"][0] < 0 < noise["interval"][1]
     assert result["weight_distance_teacher"] == {"rho": None, "interval": None, "runs": 0}
+
+
+def test_weight_distance_needs_the_same_architecture_and_the_normalized_gap_does_not(fashion_test):
+    """LeNet-5 and ResNet-20 share only `head.bias` by name and shape: that is no distance between them.
+    The normalized gap through the fixed projector is defined for any pair of widths."""
+    import torch
+
+    from lnpt.lab.paper.experiment import effective_weights, measure, weight_distance
+    from lnpt.shared.data import FASHION_MNIST_SPEC
+    from lnpt.shared.inference import outputs
+    from lnpt.shared.models import build_model
+    from lnpt.shared.objectives import Targets
+
+    torch.manual_seed(0)
+    lenet, resnet = build_model("lenet5", 10, FASHION_MNIST_SPEC), build_model("resnet20", 10, FASHION_MNIST_SPEC)
+    assert weight_distance(lenet, effective_weights(resnet)) is None
+    assert weight_distance(lenet, effective_weights(lenet)) == 0.0
+    torch.manual_seed(1)
+    other = build_model("lenet5", 10, FASHION_MNIST_SPEC)
+    assert weight_distance(other, effective_weights(lenet)) > 0
+    images, labels = fashion_test
+    images, labels = images[:64], labels[:64]
+    features, logits = outputs(resnet, images, FASHION_MNIST_SPEC, 64)
+    metrics = measure(lenet, FASHION_MNIST_SPEC, images, labels, Targets(features=features, logits=logits))
+    assert "learning_gap" not in metrics and 0 <= metrics["learning_gap_normalized"] <= 4
+
+
+def test_a_constant_side_has_no_correlation_rather_than_a_crash():
+    runs = [{"gap": float(i), "accuracy": 0.1} for i in range(5)]  # every student at chance
+    assert across_runs(runs, ["gap"], target="accuracy") == {"gap": {"rho": None, "interval": None, "runs": 5}}

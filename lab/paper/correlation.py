@@ -39,6 +39,8 @@ def bootstrap_interval(x: Sequence[float], y: Sequence[float], resamples: int = 
     rng = np.random.default_rng(seed)
     rhos = [spearman(x[pick], y[pick]) for pick in (rng.integers(0, len(x), len(x)) for _ in range(resamples))]
     rhos = np.asarray([r for r in rhos if np.isfinite(r)])
+    if not len(rhos):  # every resample constant on one side
+        return float("nan"), float("nan")
     tail = (1 - level) / 2 * 100
     return float(np.percentile(rhos, tail)), float(np.percentile(rhos, 100 - tail))
 
@@ -55,6 +57,9 @@ def across_runs(runs: Iterable[dict], predictors: Sequence[str], target: str = "
             result[name] = {"rho": None, "interval": None, "runs": len(pairs)}
             continue
         x, y = zip(*pairs)
-        result[name] = {"rho": spearman(x, y), "interval": bootstrap_interval(x, y, resamples, seed=seed),
-                        "runs": len(pairs)}
+        rho = spearman(x, y)
+        if not np.isfinite(rho):  # one side constant: no ranking to measure
+            result[name] = {"rho": None, "interval": None, "runs": len(pairs)}
+            continue
+        result[name] = {"rho": rho, "interval": bootstrap_interval(x, y, resamples, seed=seed), "runs": len(pairs)}
     return result

@@ -22,7 +22,7 @@ from lnpt.shared.files import atomic_write
 from lnpt.shared.data import adapt, load_fashion_mnist, normalize
 from lnpt.shared.errors import LnptError
 from lnpt.shared.inference import outputs, top1
-from lnpt.shared.objectives import CrossEntropy, Objective, Targets, guided_objective, learning_gap
+from lnpt.shared.objectives import CrossEntropy, LearningGap, Objective, Targets, guided_objective, learning_gap
 from lnpt.shared.optim import make_optimizer
 from lnpt.shared.models import InputSpec
 from lnpt.shared.zoo import ZooNet
@@ -201,12 +201,17 @@ def train(model: ZooNet, spec: InputSpec, images: torch.Tensor, targets: Targets
 @torch.inference_mode()
 def measure(model: ZooNet, spec: InputSpec, images: torch.Tensor, labels: torch.Tensor,
             teacher_test: Targets | None = None, batch_size: int = 1000) -> dict[str, float]:
-    """Test accuracy, and with the teacher's test targets the learning gap (mse) and agreement."""
+    """Test accuracy, and with the teacher's test targets: agreement, 1 - CKA, the mse learning gap (equal
+    widths only) and the default objective's gap (normalized; through the fixed seeded projector when the
+    widths differ, the same map for every run), which every student of every arm has."""
     features, logits = outputs(model, images, spec, batch_size)
     result = {"accuracy": top1(logits, labels)}
     if teacher_test is not None:
         if features.shape == teacher_test.features.shape:
             result["learning_gap"] = float(learning_gap(features, teacher_test.features, "mse"))
+        with torch.no_grad():
+            gap = LearningGap("normalized", features.shape[1], teacher_test.features.shape[1], "fixed")
+            result["learning_gap_normalized"] = float(gap.loss(features, None, teacher_test))
         result["teacher_agreement"] = top1(logits, teacher_test.logits)
         result["cka_gap"] = 1.0 - linear_cka(features, teacher_test.features)
     return result
@@ -227,13 +232,13 @@ def effective_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def weight_distance(model: torch.nn.Module, reference: dict[str, torch.Tensor]) -> float | None:
-    """||theta - theta_ref|| over the effective weights both share with equal shapes; None when they
-    share none (a different architecture: no distance to that teacher)."""
+    """||theta - theta_ref|| over all effective weights; None unless both have exactly the same tensors
+    (another architecture, or fewer channels: no distance to that teacher; a shared `head.bias` alone
+    must not count as one)."""
     weights = effective_weights(model)
-    shared = [n for n, v in weights.items() if n in reference and reference[n].shape == v.shape]
-    if not shared:
+    if weights.keys() != reference.keys() or any(reference[n].shape != v.shape for n, v in weights.items()):
         return None
-    return math.sqrt(sum(float((weights[n] - reference[n]).double().pow(2).sum()) for n in shared))
+    return math.sqrt(sum(float((weights[n] - reference[n]).double().pow(2).sum()) for n in weights))
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:

@@ -162,7 +162,9 @@ def rank_report(profile: Profile, summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-PREDICTORS = {"learning_gap": "final learning gap to the teacher (mse, test images)",
+PREDICTORS = {"learning_gap_normalized": "final learning gap to the teacher (normalized, fixed projector when "
+                                         "widths differ; test images)",
+              "learning_gap": "final learning gap to the teacher (mse, equal widths only; test images)",
               "cka_gap": "1 − linear CKA to the teacher (test images)",
               "distance_to_init": "‖θ − θ0‖", "distance_to_teacher": "‖θ − θ_T‖ (same architecture only)"}
 
