@@ -342,12 +342,17 @@ class Demo:
             config = self.edge_config(address)
             curve: dict[str, list] = {"step": [], "loss": [], "gap": []}
 
+            bar = sys.stderr.isatty()  # a progress bar on a terminal, one line per epoch in a log
+
             def record(event: dict) -> None:
                 if event["event"] == "step":
                     for key in curve:
                         curve[key].append(event[key])
+                elif event["event"] == "epoch" and not bar:
+                    self.log(f"  train: epoch {event['epoch'] + 1}/{self.s.epochs}: loss {event['loss']:.4f} "
+                             f"({event['seconds']:.0f} s)")
 
-            job = run_edge_job(config, progress=sys.stderr.isatty(), train_log=record,
+            job = run_edge_job(config, progress=bar, train_log=record,
                                log=lambda line: self.log(f"  {line}"))
             before = evaluate(job.student, self.test_images(), limit=self.s.test_images, teacher=address,
                               config=config)
