@@ -92,6 +92,15 @@ def test_tiny_grid_writes_every_run_and_resumes(tmp_path, tiny_teacher, capsys):
     assert all(resumed[k] == v for k, v in kept.items())
     assert err.count("accuracy") == 1  # one progress line: only the dropped run ran
 
+    # --report-only trains nothing and rewrites the tables from the store as it is.
+    table = (out / "grid.md").read_text()
+    (out / "grid.md").unlink()
+    code, report, err = grid(capsys, out, tiny_teacher, "--report-only")
+    assert code == 0 and "accuracy" not in err and (out / "grid.md").read_text() == table
+    assert json.loads((out / "grid.json").read_text())["runs"] == resumed and len(report["runs"]) == len(resumed)
+    code, _, err = grid(capsys, tmp_path / "none", tiny_teacher, "--report-only")
+    assert code == 2 and "run the grid first" in err
+
     # A different recipe is refused with a message naming what differs.
     code, _, err = grid(capsys, out, tiny_teacher, "--epochs", "2")
     assert code == 2 and "epochs" in err and "--fresh" in err

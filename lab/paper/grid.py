@@ -70,6 +70,9 @@ def register(actions: argparse._SubParsersAction, deprecated_alias: bool = False
                                                        "processes with the same --out (e.g. 0/2 and 1/2, one "
                                                        "thread each) to use N cores (default 0/1: all)")
     parser.add_argument("--fresh", action="store_true", help="discard OUT/grid.json instead of resuming it")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: write grid.md and the plots from the runs finished so far "
+                             "(safe while shards are running)")
     add_format_option(parser)
     parser.set_defaults(handler=run)
 
@@ -144,9 +147,12 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     profile = profile_from_args(args)
     out = Path(args.out or f"results/grid-{profile.name}")
-    result = run_grid(profile, out, teacher_path=Path(args.teacher) if args.teacher else None, fresh=args.fresh,
-                      shard=parse_shard(args.shard), data=Path(args.data) if args.data else None,
-                      test_data=Path(args.test_data) if args.test_data else None)
+    if args.report_only:
+        result = write_grid_report(profile, out)
+    else:
+        result = run_grid(profile, out, teacher_path=Path(args.teacher) if args.teacher else None, fresh=args.fresh,
+                          shard=parse_shard(args.shard), data=Path(args.data) if args.data else None,
+                          test_data=Path(args.test_data) if args.test_data else None)
     written = [out / name for name in ("grid.json", "grid.md", "grid.png")] + (
         [out / "grid-latency.png"] if profile.channel_ratios else [])
     emit(args, result, f"{result['markdown']}\nwrote {', '.join(map(str, written))}")
@@ -320,10 +326,22 @@ def run_grid(profile: Profile, out: Path, teacher_path: Path | None = None, fres
         bar.write(f"{score:>9} {training:>10} {sparsity:5.3g} seed {seed}: accuracy {metrics['accuracy']:.4f}",
                   file=sys.stderr)
     bar.close()
-    with locked(store_path):
-        store = merged_store(store_path, store)  # the reports cover every shard's finished runs
+    return write_grid_report(profile, out)
+
+
+def write_grid_report(profile: Profile, out: Path) -> dict[str, Any]:
+    """OUT/grid.md and the plots from every run in OUT/grid.json that has finished (any shard's), training
+    nothing: what a grid says so far while its shards still run (`lnpt analyze grid --report-only`)."""
+    import json
+
+    from lnpt.lab.paper import experiment as ex
     from lnpt.lab.paper.grid_report import markdown_report, plot, plot_latency, summarise
 
+    store_path = out / "grid.json"
+    if not store_path.is_file():
+        raise ex.ExperimentError(f"{store_path} does not exist: run the grid first")
+    with locked(store_path):
+        store = json.loads(store_path.read_text())
     markdown = markdown_report(store, profile)
     ex.write_text(out / "grid.md", markdown)
     plot(store, profile, out / "grid.png")
