@@ -9,6 +9,7 @@ fraction of time the trainer waited for targets and the trainer's peak RSS.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import resource
 import statistics
@@ -19,12 +20,18 @@ from pathlib import Path
 from lnpt.shared.cli import add_format_option, emit
 
 
+ROUND_SECONDS = 2.0  # rounds of 60 LeNet-5 steps lasted 0.3 s: their ratio was noise (0.75 vs 0.85 at 2 s)
+MIN_STEPS = 60
+
+
 def register(actions: argparse._SubParsersAction) -> None:
     p = actions.add_parser("train", help="guided training steps/s vs supervised steps/s (same core)",
                            description=__doc__)
     p.add_argument("--model", default="resnet20", help="student and teacher architecture (default resnet20)")
     p.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
-    p.add_argument("--steps", type=int, default=60, help="measured steps per mode and round (default 60)")
+    p.add_argument("--steps", type=int, default=0,
+                   help=f"measured steps per mode and round (default 0: enough for rounds of about "
+                        f"{ROUND_SECONDS:g} s of supervised training, at least {MIN_STEPS})")
     p.add_argument("--rounds", type=int, default=3, help="alternating supervised/guided rounds (default 3)")
     p.add_argument("--warmup", type=int, default=10, help="unmeasured steps first (default 10)")
     p.add_argument("--prefetch", type=int, default=0, help="batches requested ahead (client.prefetch; default 0: "
@@ -97,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
 
 def train_benchmark(model_name: str, *, batch_size: int, steps: int, warmup: int, rounds: int, prefetch: int) -> dict:
     """Guided steps/s through a live server vs supervised steps/s, alternated over `rounds`, server and
-    trainer pinned to different cores; also the target wait and peak RSS."""
+    trainer pinned to different cores; also the target wait and peak RSS. `steps` 0: as many per round as
+    ROUND_SECONDS of supervised training take here (at least MIN_STEPS)."""
     import torch
 
     from lnpt.cloud.process import ServerProcess
@@ -111,11 +119,18 @@ def train_benchmark(model_name: str, *, batch_size: int, steps: int, warmup: int
     server_core, trainer_core = cores()
     os.sched_setaffinity(0, {trainer_core})
     torch.set_num_threads(1)
-    needed = (warmup + max(steps, warmup)) * batch_size
     all_images, all_labels = load_fashion_mnist(train=True)
+    classes = list(FASHION_MNIST_CLASSES)
+    if steps == 0:  # as many steps as ROUND_SECONDS of supervised training take on this core
+        torch.manual_seed(0)
+        probe = (warmup + 20) * batch_size
+        rate, _ = supervised_steps_per_s(build_model(model_name, 10, FASHION_MNIST_SPEC), FASHION_MNIST_SPEC,
+                                         ImageSource(all_images[:probe], FASHION_MNIST_SPEC, "fashion-mnist:train"),
+                                         all_labels[:probe], batch_size, 20, warmup, load_config().train)
+        steps = max(MIN_STEPS, math.ceil(ROUND_SECONDS * rate))
+    needed = (warmup + max(steps, warmup)) * batch_size
     images = ImageSource(all_images[:needed], FASHION_MNIST_SPEC, "fashion-mnist:train")
     labels = all_labels[:needed]
-    classes = list(FASHION_MNIST_CLASSES)
     rss_before_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # torch + data, before any training
     with tempfile.TemporaryDirectory(prefix="lnpt-bench-train-") as tmp:
         tmp = Path(tmp)
