@@ -33,8 +33,9 @@ def test_learning_gap_run_trains_its_own_teacher_and_logs_every_epoch(tmp_path, 
     assert all(h["distance_to_teacher"] > 0 for h in history)  # different seeds: never the teacher's weights
     for h in history:
         assert 0 <= h["accuracy"] <= 1 and h["learning_gap"] >= 0 and 0 <= h["cka_gap"] <= 1 + 1e-9
+        assert 0 <= h["learning_gap_normalized"] <= 4 / 84  # unit vectors: |a - b|^2 <= 4, over 84 features
     assert set(result["spearman_with_accuracy"]) == {"distance_to_init", "distance_to_teacher", "learning_gap",
-                                                    "cka_gap"}
+                                                    "learning_gap_normalized", "cka_gap"}
     for value in result["spearman_with_accuracy"].values():
         assert math.isnan(value) or -1 <= value <= 1
     assert result["settings"]["training"] == training

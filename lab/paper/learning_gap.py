@@ -21,9 +21,10 @@ from typing import Any
 
 from lnpt.shared.cli import add_format_option, emit
 
-QUANTITIES = ("distance_to_init", "distance_to_teacher", "learning_gap", "cka_gap")
+QUANTITIES = ("distance_to_init", "distance_to_teacher", "learning_gap", "learning_gap_normalized", "cka_gap")
 LABELS = {"accuracy": "test accuracy", "distance_to_init": "||θ_t − θ_0||",
           "distance_to_teacher": "||θ_t − θ_T||", "learning_gap": "learning gap (mse) vs teacher",
+          "learning_gap_normalized": "learning gap (normalized) vs teacher",
           "cka_gap": "1 − linear CKA vs teacher features"}
 
 
@@ -124,6 +125,7 @@ def learning_gap_experiment(out: Path, teacher_path: Path | None, *, teacher_arc
         metrics = ex.measure(model, spec, test_x, test_y, teacher_test)
         history.append({"epoch": epoch, "train_loss": loss, "accuracy": metrics["accuracy"],
                         "learning_gap": metrics["learning_gap"], "cka_gap": metrics["cka_gap"],
+                        "learning_gap_normalized": metrics["learning_gap_normalized"],
                         "distance_to_init": float((theta - theta_0).norm()),
                         "distance_to_teacher": float((theta - theta_teacher).norm()),
                         "teacher_agreement": metrics["teacher_agreement"]})
@@ -164,7 +166,7 @@ def plot(history: list[dict[str, Any]], correlation: dict[str, float], result: d
     from lnpt.shared.files import atomic_write
 
     epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 5, figsize=(20, 3.8))
+    fig, axes = plt.subplots(1, 1 + len(QUANTITIES), figsize=(4 * (1 + len(QUANTITIES)), 3.8))
     for ax, quantity in zip(axes, ("accuracy", *QUANTITIES)):
         ax.plot(epochs, [h[quantity] for h in history], marker="o")
         title = LABELS[quantity]
@@ -188,10 +190,12 @@ def report_text(result: dict[str, Any]) -> str:
                      f"{result['teacher']['path']}")
     lines.append(f"teacher {result['teacher']['arch']} test accuracy {result['teacher']['test_accuracy']:.4f}; "
                  f"network trained {result['settings']['training']}")
-    lines.append(f"{'epoch':>5} {'accuracy':>9} {'LG (mse)':>9} {'1-CKA':>9} {'|θ−θ0|':>9} {'|θ−θT|':>9}")
+    lines.append(f"{'epoch':>5} {'accuracy':>9} {'LG (mse)':>9} {'LG (norm)':>9} {'1-CKA':>9} {'|θ−θ0|':>9} "
+                 f"{'|θ−θT|':>9}")
     for h in result["history"]:
-        lines.append(f"{h['epoch']:>5} {h['accuracy']:>9.4f} {h['learning_gap']:>9.4f} {h['cka_gap']:>9.4f} "
-                     f"{h['distance_to_init']:>9.3f} {h['distance_to_teacher']:>9.3f}")
+        lines.append(f"{h['epoch']:>5} {h['accuracy']:>9.4f} {h['learning_gap']:>9.4f} "
+                     f"{h['learning_gap_normalized']:>9.4f} {h['cka_gap']:>9.4f} {h['distance_to_init']:>9.3f} "
+                     f"{h['distance_to_teacher']:>9.3f}")
     lines.append("Spearman rank correlation with test accuracy:")
     for quantity, value in result["spearman_with_accuracy"].items():
         lines.append(f"  {LABELS[quantity]:<36} {value:+.3f}")
