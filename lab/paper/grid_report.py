@@ -236,6 +236,7 @@ def plot(store: dict[str, Any], profile: Profile, path: Path) -> None:
     summary = summarise(store, profile)
     colours = dict(zip(SCORES, plt.get_cmap("tab10").colors))
     fig, ax = plt.subplots(figsize=(8, 5))
+    plotted = []  # (accuracy %, what) of every point, to scale the axis to where the scores differ
     for score in profile.scores:
         for training in profile.trainings:
             points = [(s, summary[f"{score}|{training}|{s:g}"]) for s in profile.sparsities
@@ -244,7 +245,16 @@ def plot(store: dict[str, Any], profile: Profile, path: Path) -> None:
                 ax.errorbar([100 * s for s, _ in points], [100 * p["mean"] for _, p in points],
                             yerr=[100 * p["std"] for _, p in points], color=colours[score], capsize=3, marker="o",
                             linestyle="-" if training == "guided" else "--", label=f"{score}, {training}")
-    ax.axhline(100 * store["teacher"]["test_accuracy"], color="black", linewidth=1, label="dense teacher")
+                plotted += [(100 * p["mean"], f"{score} {training} {100 * s:g} %") for s, p in points]
+    teacher = 100 * store["teacher"]["test_accuracy"]
+    ax.axhline(teacher, color="black", linewidth=1, label="dense teacher")
+    if plotted:  # a collapsed cell (e.g. random at 98 %, at chance) would squash every other line together
+        floor = min(value for value, _ in plotted if value >= teacher / 2) - 2
+        ax.set_ylim(floor, teacher + 1)
+        off = [f"{what} ({value:.1f} %)" for value, what in plotted if value < floor]
+        if off:
+            ax.text(0.99, 0.99, "below the axis: " + ", ".join(off), transform=ax.transAxes, ha="right", va="top",
+                    fontsize=7)
     for training in profile.trainings:
         dense = summary.get(f"{DENSE}|{training}|0")
         if dense:
