@@ -209,9 +209,8 @@ def measure(model: ZooNet, spec: InputSpec, images: torch.Tensor, labels: torch.
     if teacher_test is not None:
         if features.shape == teacher_test.features.shape:
             result["learning_gap"] = float(learning_gap(features, teacher_test.features, "mse"))
-        with torch.no_grad():
-            gap = LearningGap("normalized", features.shape[1], teacher_test.features.shape[1], "fixed")
-            result["learning_gap_normalized"] = float(gap.loss(features, None, teacher_test))
+        gap = LearningGap("normalized", features.shape[1], teacher_test.features.shape[1], "fixed")
+        result["learning_gap_normalized"] = float(gap.loss(features, None, teacher_test))
         result["teacher_agreement"] = top1(logits, teacher_test.logits)
         result["cka_gap"] = 1.0 - linear_cka(features, teacher_test.features)
     return result
