@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lnpt.shared.config import ObjectiveConfig
 from lnpt.shared.errors import LnptError
 
 GAP_KINDS = ("mse", "cosine", "normalized")
@@ -172,9 +173,13 @@ class WeightedSum(Objective):
         return any(term.needs_teacher for term in self.terms)
 
 
-def guided_objective(gap: str = "normalized", lambda_kd: float = 1.0, temperature: float = 1.0,
-                     student_dim: int | None = None, teacher_dim: int | None = None, *,
-                     lambda_gap: float = 1.0, projector: str = "fixed") -> Objective:
+DEFAULTS = ObjectiveConfig()  # the one source of the objective's defaults: [objective]
+
+
+def guided_objective(gap: str = DEFAULTS.gap, lambda_kd: float = DEFAULTS.lambda_kd,
+                     temperature: float = DEFAULTS.temperature, student_dim: int | None = None,
+                     teacher_dim: int | None = None, *, lambda_gap: float = DEFAULTS.lambda_gap,
+                     projector: str = DEFAULTS.projector) -> Objective:
     """lambda_gap * LG + lambda_kd * KD, the label-free objective for the LNPT score and for guided
     training (lambda_gap = 0: KD only; lambda_kd = 0: the learning gap only). The defaults are
     [objective]'s (ObjectiveConfig), chosen on a validation split."""

@@ -20,7 +20,7 @@ from pathlib import Path
 from lnpt.shared.cli import add_format_option, emit
 
 
-ROUND_SECONDS = 2.0  # rounds of 60 LeNet-5 steps lasted 0.3 s: their ratio was noise (0.75 vs 0.85 at 2 s)
+ROUND_SECONDS = 2.0  # a fixed 60 steps made a LeNet-5 round last 0.3 s, shorter than the machine's jitter
 MIN_STEPS = 60
 
 

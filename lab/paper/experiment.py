@@ -202,8 +202,8 @@ def train(model: ZooNet, spec: InputSpec, images: torch.Tensor, targets: Targets
 def measure(model: ZooNet, spec: InputSpec, images: torch.Tensor, labels: torch.Tensor,
             teacher_test: Targets | None = None, batch_size: int = 1000) -> dict[str, float]:
     """Test accuracy, and with the teacher's test targets: agreement, 1 - CKA, the mse learning gap (equal
-    widths only) and the default objective's gap (normalized; through the fixed seeded projector when the
-    widths differ, the same map for every run), which every student of every arm has."""
+    widths only) and the normalized gap (through the fixed seeded projector when the widths differ, the
+    same map for every run), which every student of every arm has."""
     features, logits = outputs(model, images, spec, batch_size)
     result = {"accuracy": top1(logits, labels)}
     if teacher_test is not None:
