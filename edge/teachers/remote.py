@@ -356,8 +356,8 @@ class GuidanceClient(TargetSource):
             nonlocal call
             while unsent.count and window.may_send(len(pending)):
                 sent_batches = len(open_batches) - len(unsent.blocks)  # asked for and (partly) in flight
-                covered = sent_batches >= window.covered or window.last_slot(len(pending))
-                merge = window.merge if covered else 1
+                may_merge = sent_batches >= window.covered or window.last_slot(len(pending))
+                merge = window.merge if may_merge else 1
                 limit = min(request_rows, merge * window.rows)
                 if full_only and unsent.count < limit:
                     return
