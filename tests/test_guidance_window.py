@@ -57,6 +57,22 @@ def test_adaptive_window_merges_small_batches_up_to_the_servers_preferred_batch(
     assert fixed.merge == 1  # a fixed prefetch sends each batch on its own
 
 
+def test_merging_waits_for_a_covered_round_trip_except_in_the_servers_last_slot():
+    window = Window(prefetch=0, max_prefetch=32, server_limit=3)
+    window.batch_rows(32, request_rows=256, preferred_rows=256)
+    window.round_trip(0.035, rows=32)
+    window.step(0.005)  # a round trip spans 7-8 steps: more than the 3 requests the server allows
+    assert window.merge == 2 and window.covered > 3
+    assert [window.request_batches(sent, in_flight) for sent, in_flight in [(0, 0), (1, 1)]] == [1, 1]
+    assert window.request_batches(2, 2) == 2  # the last slot merges, or the window could never grow past 3
+    assert window.request_batches(window.covered, 0) == 2  # a covered round trip merges in any slot
+    unlimited = Window(prefetch=0, max_prefetch=32, server_limit=0)
+    unlimited.batch_rows(32, request_rows=256, preferred_rows=256)
+    unlimited.round_trip(0.035, rows=32)
+    unlimited.step(0.005)
+    assert unlimited.request_batches(2, 2) == 1  # no limit, no last slot: one batch until covered
+
+
 def test_a_batch_over_4_mib_is_split_reassembled_and_resumed_across_a_restart(rgb_teacher, tmp_path):
     local = Teacher.load(rgb_teacher)
     generator = torch.Generator().manual_seed(0)

@@ -350,15 +350,11 @@ class GuidanceClient(TargetSource):
             """Cut the unsent rows into requests and send them; `full_only`: only requests as large as
             allowed (the rest waits for the next batch), so a batch goes out as soon as its request is.
             Until the batches sent cover one round trip, each goes alone: the next steps do not wait
-            for a merged request's longer forward (at the start, or after the caller caught up). The
-            last request the server's per-stream limit allows is merged regardless: one batch per
-            request would cap the window at that limit, below a round trip it cannot then cover."""
+            for a merged request's longer forward (`Window.request_batches`)."""
             nonlocal call
             while unsent.count and window.may_send(len(pending)):
                 sent_batches = len(open_batches) - len(unsent.blocks)  # asked for and (partly) in flight
-                may_merge = sent_batches >= window.covered or window.last_slot(len(pending))
-                merge = window.merge if may_merge else 1
-                limit = min(request_rows, merge * window.rows)
+                limit = min(request_rows, window.request_batches(sent_batches, len(pending)) * window.rows)
                 if full_only and unsent.count < limit:
                     return
                 request = self._request(unsent.take(unsent.leading(limit))[0], image_dtype, target_dtype)
@@ -578,9 +574,14 @@ class Window:
     def may_send(self, in_flight: int) -> bool:
         return not self.server_limit or in_flight < self.server_limit
 
-    def last_slot(self, in_flight: int) -> bool:
-        """The next request is the last one the server's limit lets this stream have in flight."""
-        return bool(self.server_limit) and in_flight + 1 >= self.server_limit
+    def request_batches(self, sent_batches: int, in_flight: int) -> int:
+        """How many batches the next request may carry, with `sent_batches` batches and `in_flight`
+        requests already out. One until the batches sent cover a round trip (the next steps do not wait
+        for a merged request's longer forward: at the start, or after the caller caught up), except in
+        the last request the server's limit allows: one batch per request would cap the window at that
+        limit, below a round trip it could then never cover."""
+        last_slot = bool(self.server_limit) and in_flight + 1 >= self.server_limit
+        return self.merge if sent_batches >= self.covered or last_slot else 1
 
     def round_trip(self, seconds: float, waited: bool = True, rows: int = 0) -> None:
         """A request of `rows` images took `seconds` from sent to read. Read without waiting, the
